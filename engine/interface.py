@@ -1,0 +1,158 @@
+"""The one boundary between the web server and the conversation engine.
+
+The server owns sockets, VAD and playback; the engine owns the model, history and speech synthesis.
+They meet here and nowhere else:
+
+* the server opens one :class:`Conversation` per session, giving it a thread-safe ``sink`` callable;
+* it calls :meth:`Conversation.start_turn` with a :class:`TurnRequest` (an utterance: audio, camera
+  frames, optional typed text), tagged with a reply id and the session's turn epoch;
+* the engine answers by calling ``sink`` with :data:`ReplyEvent` objects (text deltas, 24 kHz PCM16
+  chunks, the end of the reply), each carrying the same reply id and epoch;
+* :meth:`Conversation.cancel` stops everything at or below an epoch; the server drops any late event
+  whose epoch is stale, so cancellation is safe however late it lands.
+
+Every call on a ``Conversation`` returns quickly (no model work on the caller's thread), and the sink
+may be called from any thread.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+MIC_SAMPLE_RATE = 16_000
+"""Sample rate of user audio handed to the engine (mono float32)."""
+
+REPLY_SAMPLE_RATE = 24_000
+"""Sample rate of reply audio produced by the engine (mono PCM16 little-endian)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CameraFrame:
+    """One JPEG camera frame and where it falls on the session's mic clock."""
+
+    jpeg: bytes
+    at_sample: int
+    """Mic samples (16 kHz) received in the session before this frame arrived."""
+
+    def __repr__(self) -> str:  # never print payloads
+        return f"CameraFrame({len(self.jpeg)} B @ {self.at_sample})"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRequest:
+    """A user turn to answer: a spoken utterance (with frames around it) or typed text."""
+
+    reply_id: str
+    epoch: int
+    audio: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    """Mono float32 in [-1, 1] at :data:`MIC_SAMPLE_RATE`; empty for a typed question."""
+    frames: tuple[CameraFrame, ...] = ()
+    text: str | None = None
+    """Typed question, if any."""
+    start_sample: int = 0
+    end_sample: int = 0
+    """Span of the utterance on the session's mic clock (samples)."""
+
+    def __repr__(self) -> str:
+        return (
+            f"TurnRequest(reply_id={self.reply_id!r}, epoch={self.epoch}, audio={self.audio.size} smp, "
+            f"frames={len(self.frames)}, text={'yes' if self.text else 'no'})"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """Newly generated reply text (state tokens already stripped)."""
+
+    reply_id: str
+    epoch: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AudioChunk:
+    """A chunk of reply speech: mono PCM16 little-endian at :data:`REPLY_SAMPLE_RATE`."""
+
+    reply_id: str
+    epoch: int
+    seq: int
+    pcm: bytes
+
+    @property
+    def num_samples(self) -> int:
+        """Number of 16-bit samples in the chunk."""
+        return len(self.pcm) // 2
+
+    def __repr__(self) -> str:
+        return f"AudioChunk({self.reply_id!r}, epoch={self.epoch}, seq={self.seq}, {self.num_samples} smp)"
+
+
+ReplyEndReason = Literal["done", "cancelled", "not_addressed", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEnd:
+    """The reply is over: no further event will carry this reply id."""
+
+    reply_id: str
+    epoch: int
+    reason: ReplyEndReason
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """Engine-side stage timings for this turn (e.g. ``first_token``, ``first_audio``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineError:
+    """Something failed while answering; ``fatal`` means the engine itself is down."""
+
+    reply_id: str | None
+    epoch: int
+    message: str
+    fatal: bool = False
+
+
+ReplyEvent = TextDelta | AudioChunk | ReplyEnd | EngineError
+EventSink = Callable[[ReplyEvent], None]
+
+
+class Conversation(abc.ABC):
+    """One session's conversation with the engine; it owns that session's history."""
+
+    @abc.abstractmethod
+    def start_turn(self, request: TurnRequest) -> None:
+        """Begin answering ``request``; events for it go to the sink. Returns at once."""
+
+    @abc.abstractmethod
+    def cancel(self, epoch: int) -> None:
+        """Stop producing for every reply whose epoch is ``<= epoch``. Returns at once."""
+
+    def playback_report(self, reply_id: str, samples_played: int) -> None:  # noqa: B027 - optional hook
+        """The client has played ``samples_played`` samples (24 kHz) of ``reply_id``."""
+
+    @abc.abstractmethod
+    def reset(self) -> None:
+        """Forget the conversation history."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Cancel everything and release the conversation's resources."""
+
+
+class Engine(abc.ABC):
+    """A conversation engine shared by all sessions of one server."""
+
+    @abc.abstractmethod
+    def open_conversation(self, sink: EventSink) -> Conversation:
+        """Create the conversation of one session; ``sink`` receives its reply events."""
+
+    def health(self) -> dict[str, object]:
+        """A JSON-able health report (``ok`` key required)."""
+        return {"ok": True}
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Shut the engine down."""

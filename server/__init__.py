@@ -1,0 +1,1 @@
+"""The real-time web server: Flask + Flask-SocketIO, one Session per connection."""

@@ -1,0 +1,1 @@
+"""Voice activity detection: Silero VAD (ONNX, numpy only) and the utterance segmenter."""
