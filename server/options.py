@@ -1,0 +1,141 @@
+"""Every server option, typed, with its default and help text in one place.
+
+``launch.py --help`` is generated from these dataclasses, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vad.options import VadOptions
+
+
+def default_tls_dir() -> Path:
+    """Where the self-signed certificate lives: outside the source tree, per user."""
+    if env := os.environ.get("VITA_DUPLEX_TLS_DIR"):
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "vita-duplex" / "tls"
+
+
+def _opt(default: Any, help_text: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help_text, **extra})
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOptions:
+    """Per-session limits on what a client may send (anything beyond gets an ``error`` event)."""
+
+    max_audio_packet_ms: float = _opt(100, "longest mic packet accepted (20-40 ms is what the page sends)")
+    audio_rate_factor: float = _opt(
+        1.5, "mic audio accepted per second, as a multiple of real time (above it: rate_limited)"
+    )
+    audio_burst_s: float = _opt(2.0, "seconds of mic audio that may arrive at once (network jitter)")
+    max_frame_bytes: int = _opt(2_000_000, "largest camera JPEG accepted, in bytes")
+    frame_rate_factor: float = _opt(2.0, "camera frames accepted per second, as a multiple of --camera_fps")
+    max_control_per_s: float = _opt(20, "JSON control events accepted per second (burst: twice that)")
+    max_text_chars: int = _opt(2000, "longest typed question, in characters")
+    max_frames_kept: int = _opt(16, "camera frames a session keeps in memory for the next turn")
+    max_message_bytes: int = _opt(
+        16_000_000, "transport limit for one Socket.IO message; bigger ones close the connection (code 1009)"
+    )
+    max_errors_per_s: float = _opt(10, "error events sent to one client per second (more are only logged)")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Everything ``launch.py`` accepts. Reference names (model_path, ip, port, max_users, timeout) are kept."""
+
+    model_path: str | None = _opt(None, "VITA-1.5 checkpoint folder")
+    ip: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
+    port: int = _opt(8081, "TCP port (0 picks a free one)")
+    max_users: int = _opt(2, "concurrent sessions; extra clients are refused with a reason")
+    timeout: float = _opt(600, "seconds without speech, text or reply after which a session is closed")
+    cert: str | None = _opt(None, "TLS certificate (PEM) of your own; needs --key")
+    key: str | None = _opt(None, "TLS private key (PEM) for --cert")
+    no_tls: bool = _opt(False, "serve plain HTTP (only behind a TLS-terminating proxy: browsers need HTTPS)")
+    tls_dir: str = _opt(str(default_tls_dir()), "where the self-signed certificate is made and kept")
+    camera_fps: float = _opt(2.0, "camera frames per second the page sends")
+    playback_lead_ms: float = _opt(
+        300, "how far ahead of real time reply audio is sent (client buffer; flushed on interruption)"
+    )
+    record_dir: str | None = _opt(
+        None, "operator opt-in: write each utterance as WAV here (nothing is written to disk without it)"
+    )
+    log_level: str = _opt("INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    vad: VadOptions = field(default_factory=VadOptions, metadata={"group": "VAD / end of turn", "prefix": "vad_"})
+    limits: LimitOptions = field(default_factory=LimitOptions, metadata={"group": "limits", "prefix": ""})
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--cert and --key go together")
+        if self.no_tls and self.cert:
+            raise ValueError("--no-tls and --cert contradict each other")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be 0-65535, got {self.port}")
+        if self.max_users < 1:
+            raise ValueError("max_users must be at least 1")
+        if self.timeout <= 0 or self.camera_fps <= 0:
+            raise ValueError("timeout and camera_fps must be positive")
+
+
+def _flags(name: str) -> list[str]:
+    """Reference spelling (underscores) plus the dashed one: ``--max_users`` and ``--max-users``."""
+    dashed = name.replace("_", "-")
+    return [f"--{name}"] if dashed == name else [f"--{name}", f"--{dashed}"]
+
+
+_ARG_TYPES = {"float": float, "int": int, "str": str, "str | None": str}
+
+
+def _add_fields(group: Any, cls: type, prefix: str) -> None:
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        if "prefix" in f.metadata:
+            continue
+        default = getattr(defaults, f.name)
+        dest = f"{prefix}{f.name}"
+        kw: dict[str, Any] = {"dest": dest, "default": default, "help": f.metadata["help"] + " (default: %(default)s)"}
+        if isinstance(default, bool):
+            group.add_argument(*_flags(dest), action="store_true", **kw)
+            continue
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        kw["type"] = _ARG_TYPES[str(f.type)]
+        group.add_argument(*_flags(dest), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, generated from :class:`ServerOptions` and its nested option groups."""
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        description="vita-duplex: real-time full-duplex voice + vision server for VITA-1.5.",
+    )
+    _add_fields(parser, ServerOptions, "")
+    for f in dataclasses.fields(ServerOptions):
+        if "prefix" in f.metadata:
+            group = parser.add_argument_group(f.metadata["group"])
+            _add_fields(group, type(f.default_factory()), f.metadata["prefix"])
+    return parser
+
+
+def parse_options(argv: list[str] | None = None) -> ServerOptions:
+    """Parse the command line into :class:`ServerOptions` (argparse errors exit with usage)."""
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    nested: dict[str, Any] = {}
+    try:
+        for f in dataclasses.fields(ServerOptions):
+            if "prefix" in f.metadata:
+                cls = type(f.default_factory())
+                p = f.metadata["prefix"]
+                nested[f.name] = cls(**{g.name: ns.pop(f"{p}{g.name}") for g in dataclasses.fields(cls)})
+        return ServerOptions(**ns, **nested)
+    except ValueError as exc:
+        parser.error(str(exc))
+        raise  # unreachable: parser.error exits

@@ -1,0 +1,257 @@
+"""The wire protocol (see docs/protocol.md): event names, inbound validation, outbound messages.
+
+Everything a client sends is validated here, once, into typed values; anything else raises
+:class:`ProtocolError`, which the session turns into an ``error`` event for that client only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+# Client -> server
+EV_AUDIO = "audio"  # binary: PCM16 LE mono 16 kHz
+EV_FRAME = "frame"  # binary: one JPEG
+EV_CONTROL = "control"  # JSON object with a "type"
+# Server -> client
+EV_HELLO = "hello"
+EV_VAD = "vad"
+EV_REPLY_START = "reply_start"
+EV_REPLY_TEXT = "reply_text"
+EV_REPLY_AUDIO = "reply_audio"  # two arguments: header object, then binary PCM16 LE mono 24 kHz
+EV_REPLY_END = "reply_end"
+EV_INTERRUPT = "interrupt"
+EV_ERROR = "error"
+
+ErrorCode = Literal[
+    "bad_type",  # payload of the wrong kind (e.g. text where bytes were expected)
+    "bad_audio",  # odd byte count, empty or over-long packet
+    "bad_frame",  # not a JPEG, or too big
+    "bad_control",  # malformed control event
+    "not_started",  # audio/frames before "start" or after "stop"
+    "rate_limited",  # more than the per-session rate allows; the excess is dropped
+    "idle_timeout",  # nothing happened for --timeout seconds; the session is closed
+    "engine",  # the engine failed on this turn (or is down, when fatal)
+    "internal",  # a bug on the server; the session goes on where it can
+]
+
+
+class ProtocolError(ValueError):
+    """Bad input from a client: ``code`` is stable for programs, ``message`` is for people."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+def _as_bytes(data: Any, what: str) -> bytes:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise ProtocolError("bad_type", f"{what} must be a binary message, got {type(data).__name__}")
+
+
+def parse_audio(data: Any, max_bytes: int) -> np.ndarray:
+    """One mic packet -> int16 samples; PCM16 little-endian mono at 16 kHz, 1..``max_bytes`` bytes."""
+    raw = _as_bytes(data, "audio")
+    if not raw:
+        raise ProtocolError("bad_audio", "audio packet is empty")
+    if len(raw) % 2:
+        raise ProtocolError("bad_audio", f"audio packet has {len(raw)} bytes; PCM16 needs an even count")
+    if len(raw) > max_bytes:
+        raise ProtocolError(
+            "bad_audio", f"audio packet of {len(raw)} bytes exceeds {max_bytes} (send 20-40 ms packets)"
+        )
+    return np.frombuffer(raw, dtype="<i2").astype(np.int16)
+
+
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_dimensions(buf: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's start-of-frame header, walking markers without decoding pixels."""
+    if buf[:3] != b"\xff\xd8\xff":
+        raise ProtocolError("bad_frame", "camera frame is not a JPEG (no FF D8 FF signature)")
+    i = 2
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            raise ProtocolError("bad_frame", "camera frame is a corrupt JPEG (bad marker)")
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        seg_len = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS and i + 9 <= len(buf):
+            height = int.from_bytes(buf[i + 5 : i + 7], "big")
+            width = int.from_bytes(buf[i + 7 : i + 9], "big")
+            if width and height:
+                return width, height
+            break
+        if marker == 0x00 or seg_len < 2:
+            raise ProtocolError("bad_frame", "camera frame is a corrupt JPEG (bad segment)")
+        if marker == 0xDA:  # scan data before any frame header
+            break
+        i += 2 + seg_len
+    raise ProtocolError("bad_frame", "camera frame is a truncated JPEG (no frame header)")
+
+
+def parse_frame(data: Any, max_bytes: int) -> tuple[bytes, int, int]:
+    """One camera frame -> (jpeg bytes, width, height); rejects non-JPEG and oversize frames."""
+    raw = _as_bytes(data, "frame")
+    if len(raw) > max_bytes:
+        raise ProtocolError("bad_frame", f"camera frame of {len(raw)} bytes exceeds {max_bytes}")
+    width, height = jpeg_dimensions(raw)
+    return raw, width, height
+
+
+@dataclass(frozen=True, slots=True)
+class SimpleControl:
+    """A control without fields.
+
+    ``start``: begin listening (mic and camera accepted from now on); ``stop``: stop listening and
+    silence any reply; ``reset``: silence any reply and forget the history; ``ping``: acknowledged at once.
+    """
+
+    type: Literal["start", "stop", "reset", "ping"]
+
+
+@dataclass(frozen=True, slots=True)
+class TextControl:
+    """A typed question (answered like an utterance, with the latest camera frames)."""
+
+    text: str
+    type: Literal["text"] = "text"
+
+    def __repr__(self) -> str:
+        return f"TextControl({len(self.text)} chars)"
+
+
+@dataclass(frozen=True, slots=True)
+class PlaybackControl:
+    """The client has played ``samples`` samples (24 kHz) of reply ``reply_id``."""
+
+    reply_id: str
+    samples: int
+    type: Literal["playback"] = "playback"
+
+
+Control = SimpleControl | TextControl | PlaybackControl
+_SIMPLE: dict[str, SimpleControl] = {k: SimpleControl(k) for k in ("start", "stop", "reset", "ping")}
+
+
+def parse_control(data: Any, max_text_chars: int) -> Control:
+    """A JSON control event -> its dataclass; unknown types and bad fields raise ``bad_control``."""
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_type", f"control must be a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind in _SIMPLE:
+        return _SIMPLE[kind]
+    if kind == "text":
+        text = data.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ProtocolError("bad_control", "text control needs a non-empty string 'text'")
+        if len(text) > max_text_chars:
+            raise ProtocolError("bad_control", f"text of {len(text)} characters exceeds {max_text_chars}")
+        return TextControl(text=text.strip())
+    if kind == "playback":
+        reply_id, samples = data.get("reply_id"), data.get("samples")
+        if not isinstance(reply_id, str) or not reply_id or len(reply_id) > 64:
+            raise ProtocolError("bad_control", "playback control needs a string 'reply_id'")
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+            raise ProtocolError("bad_control", "playback control needs a non-negative integer 'samples'")
+        return PlaybackControl(reply_id=reply_id, samples=samples)
+    known = ", ".join([*_SIMPLE, "text", "playback"])
+    raise ProtocolError("bad_control", f"unknown control type {kind!r} (known: {known})")
+
+
+# ---------------------------------------------------------------- server -> client messages
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """Base of server -> client JSON messages."""
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object sent on the socket."""
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class HelloMsg(Outbound):
+    """Sent on connect: what the client must send, and how."""
+
+    session: str
+    mic_sample_rate: int
+    reply_sample_rate: int
+    camera_fps: float
+    max_audio_packet_bytes: int
+    max_frame_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class VadMsg(Outbound):
+    """Speech started (``speech_start``) or the user's turn ended (``speech_end``); times in ms of mic audio."""
+
+    type: Literal["speech_start", "speech_end"]
+    start_ms: float
+    end_ms: float | None
+    at_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyStartMsg(Outbound):
+    """A reply begins; every later reply event carries the same id and epoch."""
+
+    reply_id: str
+    epoch: int
+    source: Literal["voice", "text"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyTextMsg(Outbound):
+    """New reply text."""
+
+    reply_id: str
+    epoch: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAudioHeader(Outbound):
+    """First argument of ``reply_audio``; the second is the PCM16 bytes."""
+
+    reply_id: str
+    epoch: int
+    seq: int
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyEndMsg(Outbound):
+    """The reply is over; ``timings_ms`` holds the turn's latencies (server and engine)."""
+
+    reply_id: str
+    epoch: int
+    reason: str
+    timings_ms: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptMsg(Outbound):
+    """Flush all queued reply audio now; the new epoch is ``epoch`` (older chunks are stale)."""
+
+    epoch: int
+    reply_id: str | None
+    reason: Literal["barge_in", "text", "stop", "reset"]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorMsg(Outbound):
+    """Something the client sent (or the engine) failed; ``fatal`` means the session is closing."""
+
+    code: str
+    message: str
+    fatal: bool = False

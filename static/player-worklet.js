@@ -1,0 +1,68 @@
+// Reply playback: a sample-accurate queue of 24 kHz PCM16 chunks, gapless across chunks.
+// Messages in: {type:'chunk', replyId, pcm: ArrayBuffer} and {type:'flush'} (drop everything now).
+// Messages out: {type:'started', replyId}, {type:'played', replyId, samples} (about every 100 ms while
+// playing), {type:'flushed', replyId, samples, dropped} and {type:'drained', replyId, samples}.
+class ReplyPlayer extends AudioWorkletProcessor {
+  constructor() {
+    super();
+    this.queue = [];      // [{replyId, data: Int16Array}]
+    this.offset = 0;      // read position in queue[0].data
+    this.played = new Map(); // replyId -> samples actually rendered
+    this.current = null;  // replyId being rendered
+    this.sinceReport = 0;
+    this.port.onmessage = (e) => this.onMessage(e.data);
+  }
+
+  onMessage(msg) {
+    if (msg.type === 'chunk') {
+      this.queue.push({replyId: msg.replyId, data: new Int16Array(msg.pcm)});
+    } else if (msg.type === 'flush') {
+      let dropped = 0;
+      for (const c of this.queue) dropped += c.data.length;
+      dropped -= this.offset;
+      const replyId = this.current;
+      this.queue = [];
+      this.offset = 0;
+      this.current = null;
+      this.port.postMessage({type: 'flushed', replyId, samples: replyId ? this.played.get(replyId) : 0, dropped});
+    }
+  }
+
+  process(_inputs, outputs) {
+    const out = outputs[0][0];
+    let i = 0;
+    while (i < out.length && this.queue.length) {
+      const head = this.queue[0];
+      if (this.current !== head.replyId) {
+        this.current = head.replyId;
+        if (!this.played.has(head.replyId)) {
+          this.played.set(head.replyId, 0);
+          this.port.postMessage({type: 'started', replyId: head.replyId});
+        }
+      }
+      const n = Math.min(out.length - i, head.data.length - this.offset);
+      for (let k = 0; k < n; k++) out[i + k] = head.data[this.offset + k] / 32768;
+      i += n;
+      this.offset += n;
+      this.played.set(head.replyId, this.played.get(head.replyId) + n);
+      this.sinceReport += n;
+      if (this.offset >= head.data.length) {
+        this.queue.shift();
+        this.offset = 0;
+      }
+    }
+    out.fill(0, i);
+    if (this.current && this.sinceReport >= 2400) {
+      this.sinceReport = 0;
+      this.port.postMessage({type: 'played', replyId: this.current, samples: this.played.get(this.current)});
+    }
+    if (this.current && !this.queue.length) {
+      this.port.postMessage({type: 'drained', replyId: this.current, samples: this.played.get(this.current)});
+      this.current = null;
+      this.sinceReport = 0;
+    }
+    if (this.played.size > 32) this.played.delete(this.played.keys().next().value); // bounded memory
+    return true;
+  }
+}
+registerProcessor('reply-player', ReplyPlayer);

@@ -1,0 +1,1 @@
+"""Test doubles (never a product mode): a scripted engine behind ``engine.interface``."""

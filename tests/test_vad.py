@@ -1,0 +1,156 @@
+"""Silero VAD segmenter on the speech fixtures: boundaries, pauses, quiet speech, noise, limits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.fakes.harness import load_wav, manifest
+from vad.options import SAMPLE_RATE, WINDOW, VadOptions
+from vad.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
+from vad.silero import SileroModel, shared_model
+
+MANIFEST = manifest()
+START_TOL_S, END_TOL_S = 0.100, 0.150
+
+
+def run(pcm: np.ndarray, options: VadOptions | None = None, packet: int = 320, tail_s: float = 1.0):
+    """Segment ``pcm`` (plus trailing silence so the last turn can end) in ``packet``-sample pushes."""
+    seg = UtteranceSegmenter(options or VadOptions())
+    x = np.concatenate([pcm, np.zeros(round(tail_s * SAMPLE_RATE), np.int16)])
+    events = []
+    for off in range(0, x.size, packet):
+        events += seg.push(x[off : off + packet])
+    return seg, events
+
+
+def expected_turns(name: str) -> list[tuple[float, float]]:
+    """True turns: speech spans closer than the end-of-turn silence belong to one turn."""
+    gap = VadOptions().end_silence_ms / 1000
+    turns: list[list[float]] = []
+    for s in MANIFEST[name]["speech"]:
+        if turns and s["start"] - turns[-1][1] < gap:
+            turns[-1][1] = s["end"]
+        else:
+            turns.append([s["start"], s["end"]])
+    return [(a, b) for a, b in turns]
+
+
+@pytest.mark.parametrize("name", sorted(MANIFEST))
+def test_boundaries_match_manifest(name: str) -> None:
+    _, events = run(load_wav(name))
+    starts = [e for e in events if isinstance(e, SpeechStarted)]
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    truth = expected_turns(name)
+    assert len(starts) == len(ends) == len(truth), (name, events)
+    end_silence = VadOptions.samples(VadOptions().end_silence_ms)
+    for (t_start, t_end), st, en in zip(truth, starts, ends, strict=True):
+        assert abs(st.start_sample / SAMPLE_RATE - t_start) <= START_TOL_S
+        assert en.start_sample == st.start_sample
+        assert abs(en.end_sample / SAMPLE_RATE - t_end) <= END_TOL_S
+        assert en.reason == "silence"
+        # the end-of-turn decision follows the speech end by the configured silence (window-rounded)
+        assert end_silence <= en.at_sample - en.end_sample < end_silence + WINDOW
+
+
+def test_short_pause_inside_stays_one_utterance() -> None:
+    _, events = run(load_wav("short_pause_inside"))
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(ends) == 1
+    assert ends[0].end_sample / SAMPLE_RATE > MANIFEST["short_pause_inside"]["speech"][1]["start"]
+
+
+def test_quiet_speech_found_and_noise_ignored() -> None:
+    _, quiet = run(load_wav("quiet_speech"))
+    assert [type(e) for e in quiet] == [SpeechStarted, SpeechEnded]
+    _, noise = run(load_wav("noise_only"))
+    assert noise == []
+
+
+def test_utterance_audio_has_preroll_and_postroll() -> None:
+    opts = VadOptions()
+    pcm = load_wav("question_en")
+    _, events = run(pcm, opts)
+    end = next(e for e in events if isinstance(e, SpeechEnded))
+    assert end.audio_start_sample == end.start_sample - opts.samples(opts.preroll_ms)
+    assert end.audio.dtype == np.float32
+    assert end.audio.size == end.end_sample + opts.samples(opts.postroll_ms) - end.audio_start_sample
+    # the audio is the input itself (scaled), not a copy of something else
+    np.testing.assert_allclose(
+        end.audio[:1000], pcm[end.audio_start_sample : end.audio_start_sample + 1000] / 32768.0, atol=1e-7
+    )
+
+
+def test_packet_size_does_not_change_the_result() -> None:
+    pcm = load_wav("two_turns")
+    results = []
+    for packet in (160, 320, 640, 777, 100_000):
+        _, events = run(pcm, packet=packet)
+        results.append([(type(e).__name__, e.start_sample, e.at_sample) for e in events])
+    assert all(r == results[0] for r in results)
+    assert len(results[0]) == 4
+
+
+def test_max_utterance_length_cuts_long_speech() -> None:
+    opts = VadOptions(max_utterance_s=1.0)
+    _, events = run(load_wav("question_zh"), opts)
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    assert ends[0].reason == "max_length"
+    assert ends[0].audio.size <= SAMPLE_RATE
+    assert len(ends) >= 3  # ~5 s of speech in <= 1 s pieces
+    assert all(e.audio.size <= SAMPLE_RATE for e in ends)
+
+
+def test_speech_shorter_than_minimum_is_ignored() -> None:
+    pcm = load_wav("question_en")
+    blip = pcm[int(1.2 * SAMPLE_RATE) : int(1.2 * SAMPLE_RATE) + 1600]  # 100 ms of speech
+    x = np.concatenate([np.zeros(SAMPLE_RATE, np.int16), blip, np.zeros(SAMPLE_RATE, np.int16)])
+    _, events = run(x, VadOptions(min_speech_ms=300))
+    assert events == []
+
+
+def test_streams_sharing_one_model_keep_separate_state() -> None:
+    model = shared_model()
+    a, b = UtteranceSegmenter(model=model), UtteranceSegmenter(model=model)
+    pa, pb = load_wav("question_en"), load_wav("noise_only")
+    n = min(pa.size, pb.size)
+    ev_a, ev_b = [], []
+    for off in range(0, n, 320):
+        ev_a += a.push(pa[off : off + 320])
+        ev_b += b.push(pb[off : off + 320])
+    alone, solo_events = run(pa[:n], tail_s=0)
+    assert [e.start_sample for e in ev_a] == [e.start_sample for e in solo_events]
+    assert ev_b == []
+    assert a.samples_seen == b.samples_seen == alone.samples_seen == n
+
+
+def test_reset_restarts_the_clock_and_state() -> None:
+    seg, _ = run(load_wav("question_en"))
+    assert seg.samples_seen > 0
+    seg.reset()
+    assert seg.samples_seen == 0 and not seg.in_speech
+    assert len(run(load_wav("question_en"))[1]) == 2
+
+
+def test_bad_input_raises_clear_errors() -> None:
+    seg = UtteranceSegmenter()
+    with pytest.raises(ValueError, match="mono"):
+        seg.push(np.zeros((2, 320), np.int16))
+    with pytest.raises(ValueError, match="512"):
+        SileroModel().stream().probability(np.zeros(480, np.float32))
+    with pytest.raises(ValueError, match="neg_threshold"):
+        VadOptions(threshold=0.5, neg_threshold=0.6)
+    with pytest.raises(ValueError, match="end_silence_ms"):
+        VadOptions(end_silence_ms=-1)
+
+
+def test_vad_path_does_not_import_torch() -> None:
+    code = (
+        "import sys, numpy as np; from vad.segmenter import UtteranceSegmenter; "
+        "UtteranceSegmenter().push(np.zeros(1024, np.int16)); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,163 @@
+"""Cuts a 16 kHz mic stream into utterances with Silero VAD.
+
+Pure and clock-free: time is the number of samples pushed so far. Feed any packet size; the segmenter
+buffers into strict 512-sample windows and returns events as they become certain.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from vad.options import WINDOW, VadOptions
+from vad.silero import SileroModel, SileroStream, shared_model
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechStarted:
+    """Speech has lasted ``min_speech_ms``: the user is talking (barge-in point)."""
+
+    start_sample: int
+    """First sample of the window where speech began."""
+    at_sample: int
+    """Stream position when this became certain (``start_sample`` + min speech, window-rounded)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechEnded:
+    """The user's turn is over: the utterance (with pre-roll and post-roll) is ready to answer."""
+
+    start_sample: int
+    end_sample: int
+    """First sample of the silence that ended the speech (or the cut point for ``max_length``)."""
+    at_sample: int
+    """Stream position of the end-of-turn decision (``end_sample`` + end silence for ``silence``)."""
+    audio: np.ndarray
+    """Mono float32 in [-1, 1], from ``audio_start_sample`` on."""
+    audio_start_sample: int
+    reason: Literal["silence", "max_length"]
+
+    def __repr__(self) -> str:  # never print audio
+        return (
+            f"SpeechEnded({self.start_sample}-{self.end_sample} @ {self.at_sample}, "
+            f"{self.audio.size} smp, {self.reason})"
+        )
+
+
+VadEvent = SpeechStarted | SpeechEnded
+
+
+class _State(enum.Enum):
+    IDLE = "idle"
+    CANDIDATE = "candidate"  # above threshold, not yet long enough to announce
+    SPEECH = "speech"
+
+
+class UtteranceSegmenter:
+    """Per-stream VAD state machine: hysteresis, minimum speech, end-of-turn silence, pre-roll, max length."""
+
+    def __init__(self, options: VadOptions | None = None, model: SileroModel | None = None) -> None:
+        self.options = options or VadOptions()
+        self._stream: SileroStream = (model or shared_model()).stream()
+        o = self.options
+        self._min_speech = o.samples(o.min_speech_ms)
+        self._end_silence = o.samples(o.end_silence_ms)
+        self._preroll = o.samples(o.preroll_ms)
+        self._postroll = min(o.samples(o.postroll_ms), self._end_silence)
+        self._max_len = o.samples(o.max_utterance_s * 1000)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over (new stream): model state, buffers and the sample clock."""
+        self._stream.reset()
+        self._state = _State.IDLE
+        self._pending = np.zeros(0, np.float32)
+        self._windows: list[np.ndarray] = []
+        self._windows_start = 0  # absolute sample index of self._windows[0]
+        self._pos = 0  # samples consumed into windows so far
+        self._start = 0
+        self._silence_start: int | None = None
+        self.last_probability = 0.0
+
+    @property
+    def samples_seen(self) -> int:
+        """Samples pushed so far (the stream's clock), including a partial window not yet analysed."""
+        return self._pos + self._pending.size
+
+    @property
+    def in_speech(self) -> bool:
+        """True between :class:`SpeechStarted` and :class:`SpeechEnded`."""
+        return self._state is _State.SPEECH
+
+    def push(self, pcm: np.ndarray) -> list[VadEvent]:
+        """Feed mono 16 kHz audio (int16, or float32 in [-1, 1]); returns the events it completed."""
+        if pcm.ndim != 1:
+            raise ValueError(f"expected mono 1-D audio, got shape {pcm.shape}")
+        x = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32, copy=False)
+        buf = np.concatenate([self._pending, x]) if self._pending.size else x
+        events: list[VadEvent] = []
+        n_full = buf.size // WINDOW * WINDOW
+        for off in range(0, n_full, WINDOW):
+            ev = self._step(buf[off : off + WINDOW].copy())
+            if ev is not None:
+                events.append(ev)
+        self._pending = buf[n_full:].copy()
+        return events
+
+    def _step(self, window: np.ndarray) -> VadEvent | None:
+        o = self.options
+        start_of_window = self._pos
+        p = self._stream.probability(window)
+        self.last_probability = p
+        self._windows.append(window)
+        self._pos += WINDOW
+        event: VadEvent | None = None
+
+        if self._state is _State.IDLE:
+            if p >= o.threshold:
+                self._state, self._start = _State.CANDIDATE, start_of_window
+        elif self._state is _State.CANDIDATE:
+            if p < o.neg_threshold:
+                self._state = _State.IDLE  # a blip, not speech
+        elif p < o.neg_threshold:
+            if self._silence_start is None:
+                self._silence_start = start_of_window
+        elif p >= o.threshold:
+            self._silence_start = None  # the pause was inside the utterance
+
+        if self._state is _State.CANDIDATE and self._pos - self._start >= self._min_speech:
+            self._state, self._silence_start = _State.SPEECH, None
+            event = SpeechStarted(start_sample=self._start, at_sample=self._pos)
+        elif self._state is _State.SPEECH:
+            if self._silence_start is not None and self._pos - self._silence_start >= self._end_silence:
+                event = self._finish(self._silence_start, self._silence_start + self._postroll, "silence")
+            elif self._pos - self._start + self._preroll >= self._max_len:
+                event = self._finish(self._pos, self._pos, "max_length")
+
+        self._trim()
+        return event
+
+    def _finish(self, end: int, audio_end: int, reason: Literal["silence", "max_length"]) -> SpeechEnded:
+        audio_start = max(self._start - self._preroll, self._windows_start)
+        audio_end = min(audio_end, audio_start + self._max_len)  # the check is window-granular; the cap is not
+        audio = np.concatenate(self._windows)
+        audio = audio[audio_start - self._windows_start : audio_end - self._windows_start]
+        self._state, self._silence_start = _State.IDLE, None
+        return SpeechEnded(
+            start_sample=self._start,
+            end_sample=end,
+            at_sample=self._pos,
+            audio=audio,
+            audio_start_sample=audio_start,
+            reason=reason,
+        )
+
+    def _trim(self) -> None:
+        """Keep only what a future utterance can still need (pre-roll before the earliest possible start)."""
+        keep_from = (self._start if self._state is not _State.IDLE else self._pos) - self._preroll
+        while self._windows and self._windows_start + WINDOW <= keep_from:
+            self._windows.pop(0)
+            self._windows_start += WINDOW
