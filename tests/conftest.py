@@ -26,3 +26,11 @@ def parity_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random VITA-1.5 checkpoint in the release layout (``engine.tiny_checkpoint``, seed 0)."""
+    from engine.tiny_checkpoint import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-vita"), seed=0)

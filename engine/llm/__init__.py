@@ -1,0 +1,1 @@
+"""VITA-1.5 on vLLM: checkpoint resolution, preprocessing, prompt building and the async engine."""

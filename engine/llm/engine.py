@@ -1,0 +1,293 @@
+"""VITA-1.5 served by vLLM's ``AsyncLLM``: stream text deltas, abort by request id, one or two engines.
+
+* :class:`LlmEngine` wraps one ``AsyncLLM``: :meth:`LlmEngine.stream` yields :class:`TextChunk` deltas
+  and one final :class:`Finished` (reason ``stop``/``length``/``abort``, time to first token, decode
+  tokens/s); :meth:`LlmEngine.abort` stops a request from any task.
+* An engine whose core process dies is reported as :class:`EngineDeadError` to the streaming caller,
+  and every later request fails at once with the same error until the engine is restarted.
+* :class:`LlmPool` starts one or two engines (both on the default device unless told otherwise) and
+  routes each request to the less busy one; aborts go to the engine that owns the request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.llm.checkpoint import ResolvedCheckpoint, resolve_checkpoint
+from engine.llm.errors import EngineDeadError, InputError, LlmError
+from engine.llm.options import LlmOptions
+from engine.llm.prompt import BuiltPrompt, PromptBuilder, PromptIds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TextChunk:
+    """Newly generated text (raw: the state token is still in it) and its token ids."""
+
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The request is over; no further chunk follows. Timings in seconds from submission."""
+
+    request_id: str
+    reason: str
+    """``stop`` (end of answer), ``length`` (max tokens), ``abort`` (cancelled)."""
+    prompt_tokens: int
+    generated_tokens: int
+    time_to_first_token: float | None
+    decode_tokens_per_s: float | None
+
+
+StreamEvent = TextChunk | Finished
+
+
+@dataclass
+class _Clock:
+    """Per-request timing: first token, last token, count."""
+
+    submitted: float = field(default_factory=time.perf_counter)
+    first: float | None = None
+    last: float | None = None
+    tokens: int = 0
+
+    def tick(self, n: int) -> None:
+        now = time.perf_counter()
+        if n and self.first is None:
+            self.first = now
+        if n:
+            self.last, self.tokens = now, self.tokens + n
+
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.submitted
+
+    def rate(self) -> float | None:
+        if self.first is None or self.last is None or self.tokens < 2 or self.last <= self.first:
+            return None
+        return (self.tokens - 1) / (self.last - self.first)
+
+
+@contextlib.contextmanager
+def _visible_device(device: str | None) -> Iterator[None]:
+    """Pin the engine's spawned processes to one CUDA device (they inherit the environment at spawn)."""
+    if not device or not device.startswith("cuda:"):
+        yield
+        return
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
+class LlmEngine:
+    """One vLLM ``AsyncLLM`` serving a resolved VITA-1.5 checkpoint."""
+
+    def __init__(self, resolved: ResolvedCheckpoint, options: LlmOptions, *, name: str = "llm0",
+                 device: str | None = None) -> None:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.name = name
+        self.options = options
+        self.resolved = resolved
+        self._config_dir = Path(tempfile.mkdtemp(prefix="vita-served-config-"))
+        resolved.write_served_config(self._config_dir)
+        args = AsyncEngineArgs(
+            model=str(resolved.folder), hf_config_path=str(self._config_dir),
+            skip_tokenizer_init=not resolved.has_tokenizer, dtype=options.dtype,
+            enforce_eager=options.enforce_eager, max_model_len=options.max_model_len,
+            gpu_memory_utilization=options.gpu_memory_share, kv_cache_memory_bytes=options.kv_cache_memory_bytes,
+            generation_config="vllm",  # the release's generation config is not the demo's; we set sampling
+            limit_mm_per_prompt={"image": options.max_images, "audio": options.history_turns + 1},
+        )
+        started = time.perf_counter()
+        with _visible_device(device):
+            self._llm = AsyncLLM.from_engine_args(args)
+        self.start_seconds = time.perf_counter() - started
+        # Replies end at <|im_end|> (ChatML), whatever the checkpoint's generation config says.
+        tokenizer = self.tokenizer
+        self._stop_ids = [int(tokenizer.convert_tokens_to_ids("<|im_end|>"))] if tokenizer is not None else []
+        self._dead: str | None = None
+        self._active: set[str] = set()
+        self._closed = False
+        log.info("engine %s up in %.1f s", name, self.start_seconds)
+
+    @property
+    def tokenizer(self):
+        """The checkpoint's tokenizer (``None`` when the folder has none)."""
+        if not self.resolved.has_tokenizer or self._llm is None:
+            return None
+        return self._llm.get_tokenizer()
+
+    @property
+    def async_llm(self):
+        """The underlying vLLM ``AsyncLLM`` (for diagnostics and parity checks, e.g. prompt logprobs)."""
+        self._check_alive()
+        return self._llm
+
+    @property
+    def load(self) -> int:
+        """Requests in flight."""
+        return len(self._active)
+
+    def _check_alive(self) -> None:
+        if self._closed:
+            raise EngineDeadError(f"engine {self.name} is closed")
+        if self._dead is None and self._llm.errored:
+            self._dead = "the vLLM engine core stopped"
+        if self._dead is not None:
+            raise EngineDeadError(f"engine {self.name} is dead ({self._dead}); restart it")
+
+    def _sampling(self, max_new_tokens: int | None, ignore_eos: bool):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            max_tokens=max_new_tokens or self.options.max_new_tokens, temperature=self.options.temperature,
+            output_kind=RequestOutputKind.DELTA, ignore_eos=ignore_eos, stop_token_ids=self._stop_ids,
+            detokenize=self.resolved.has_tokenizer, skip_special_tokens=True)
+
+    async def stream(self, prompt: BuiltPrompt, request_id: str, *, max_new_tokens: int | None = None,
+                     ignore_eos: bool = False) -> AsyncIterator[StreamEvent]:
+        """Generate for ``prompt``: text deltas as they come, then one :class:`Finished`."""
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
+        from vllm.v1.engine.exceptions import EngineGenerateError
+
+        self._check_alive()
+        request: dict[str, object] = {"prompt_token_ids": prompt.token_ids}
+        media: dict[str, object] = {}
+        if prompt.images:
+            media["image"] = prompt.images
+        if prompt.audios:
+            media["audio"] = prompt.audios
+        if media:
+            request["multi_modal_data"] = media
+        clock, reason, prompt_len = _Clock(), "abort", len(prompt.token_ids)
+        self._active.add(request_id)
+        try:
+            async for out in self._llm.generate(request, self._sampling(max_new_tokens, ignore_eos),
+                                                request_id=request_id):
+                if out.prompt_token_ids is not None:
+                    prompt_len = len(out.prompt_token_ids)
+                completion = out.outputs[0]
+                clock.tick(len(completion.token_ids))
+                if completion.token_ids or completion.text:
+                    yield TextChunk(request_id, completion.text, tuple(completion.token_ids))
+                if out.finished:
+                    reason = completion.finish_reason or "stop"
+        except VllmEngineDead as exc:
+            self._dead = str(exc) or "engine core died"
+            raise EngineDeadError(f"engine {self.name} died while answering {request_id}") from exc
+        except (ValueError, EngineGenerateError) as exc:
+            if self._llm.errored:
+                self._dead = "engine core died"
+                raise EngineDeadError(f"engine {self.name} died while answering {request_id}") from exc
+            if isinstance(exc, LlmError):
+                raise
+            raise InputError(f"request {request_id} rejected: {exc}") from exc
+        finally:
+            self._active.discard(request_id)
+        yield Finished(request_id, reason, prompt_len, clock.tokens, clock.ttft(), clock.rate())
+
+    async def abort(self, request_id: str) -> None:
+        """Stop ``request_id``; its stream ends with ``Finished(reason="abort")``. Unknown ids are ignored."""
+        if self._dead is None and not self._closed and request_id in self._active:
+            await self._llm.abort(request_id)
+
+    def health(self) -> dict[str, object]:
+        """``ok``, in-flight requests, start time, and why the engine is dead if it is."""
+        if self._dead is None and not self._closed and self._llm.errored:
+            self._dead = "the vLLM engine core stopped"
+        return {"ok": self._dead is None and not self._closed, "name": self.name, "active": self.load,
+                "start_seconds": round(self.start_seconds, 2), "dead": self._dead}
+
+    def close(self) -> None:
+        """Shut the engine down (idempotent) and remove our served-config folder."""
+        if self._closed:
+            return
+        self._closed = True
+        llm, self._llm = self._llm, None
+        with contextlib.suppress(Exception):  # a dead core may fail its own shutdown; we are leaving anyway
+            llm.shutdown()
+        # Drop the last reference now: AsyncLLM.__del__ would otherwise run at interpreter exit and fail.
+        del llm
+        gc.collect()
+        shutil.rmtree(self._config_dir, ignore_errors=True)
+
+
+class LlmPool:
+    """One or two :class:`LlmEngine` on one resolved checkpoint, with prompt building and routing."""
+
+    def __init__(self, options: LlmOptions) -> None:
+        self.options = options
+        self.resolved = resolve_checkpoint(options.model_path, max_dynamic_patch=options.max_dynamic_patch)
+        self.engines: list[LlmEngine] = []
+        try:
+            for i in range(options.num_engines):
+                device = options.devices[i] if options.devices else None
+                self.engines.append(LlmEngine(self.resolved, options, name=f"llm{i}", device=device))
+        except BaseException:
+            self.close()
+            raise
+        self._owner: dict[str, LlmEngine] = {}
+
+    def prompt_builder(self) -> PromptBuilder:
+        """A builder for this checkpoint (needs its tokenizer)."""
+        tokenizer = self.engines[0].tokenizer
+        if tokenizer is None:
+            raise InputError(f"{self.resolved.folder} has no tokenizer files; only token-id prompts can be served")
+        ids = PromptIds(image=int(self.resolved.config["image_token_index"]),
+                        audio=int(self.resolved.config["audio_token_index"]),
+                        im_end=int(tokenizer.convert_tokens_to_ids("<|im_end|>")))
+        return PromptBuilder(tokenizer, ids, budget=self.options.prompt_budget, max_images=self.options.max_images,
+                             max_dynamic_patch=self.options.max_dynamic_patch)
+
+    def _pick(self) -> LlmEngine:
+        alive = [e for e in self.engines if e.health()["ok"]]
+        if not alive:
+            raise EngineDeadError("every LLM engine is dead; restart the server")
+        return min(alive, key=lambda e: e.load)
+
+    async def stream(self, prompt: BuiltPrompt, request_id: str, **kwargs: object) -> AsyncIterator[StreamEvent]:
+        """Stream ``prompt`` on the less busy live engine (see :meth:`LlmEngine.stream`)."""
+        engine = self._pick()
+        self._owner[request_id] = engine
+        try:
+            async for event in engine.stream(prompt, request_id, **kwargs):  # type: ignore[arg-type]
+                yield event
+        finally:
+            self._owner.pop(request_id, None)
+
+    async def abort(self, request_id: str) -> None:
+        """Abort ``request_id`` on whichever engine runs it."""
+        engine = self._owner.get(request_id)
+        if engine is not None:
+            await engine.abort(request_id)
+
+    def health(self) -> dict[str, object]:
+        """Pool health: ok while at least one engine lives."""
+        engines = [e.health() for e in self.engines]
+        return {"ok": any(e["ok"] for e in engines), "engines": engines}
+
+    def close(self) -> None:
+        """Shut every engine down."""
+        for engine in self.engines:
+            engine.close()
