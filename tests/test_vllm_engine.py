@@ -25,7 +25,7 @@ from engine.llm.image_preprocess import plan_tiles
 from engine.llm.options import LlmOptions
 from engine.llm.prompt import ConversationHistory, StateTokenFilter, UserTurn
 
-pytestmark = [pytest.mark.vllm, pytest.mark.asyncio(loop_scope="module")]  # AsyncLLM lives on one loop
+pytestmark = [pytest.mark.vllm]  # async tests share the module loop (pyproject: asyncio_default_test_loop_scope)
 
 
 def speech(seconds: float, seed: int = 0) -> np.ndarray:

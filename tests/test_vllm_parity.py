@@ -16,7 +16,7 @@ from engine.llm.checkpoint import resolve_checkpoint
 from engine.llm.engine import LlmEngine
 from engine.llm.options import LlmOptions
 
-pytestmark = [pytest.mark.vllm, pytest.mark.parity, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [pytest.mark.vllm, pytest.mark.parity]
 
 
 @pytest.fixture(scope="module")
