@@ -15,7 +15,6 @@ Writes ``docs/bench/bench_frontend.json`` and ``docs/bench/bench_frontend.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.report import write_report
 from server.options import ServerOptions
 from server.tls import make_self_signed, server_context
 from tests.fakes.fake_engine import FakeEngine, Script
@@ -33,7 +33,6 @@ from vad.options import WINDOW
 from vad.segmenter import UtteranceSegmenter
 from vad.silero import shared_model
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "bench"
 WINDOW_S = WINDOW / 16000
 
 
@@ -231,10 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["socket_rtt"] = socket_round_trip(50 if quick else 300)
     if not a.no_browser and Path(shutil.which("chromium") or "/usr/bin/chromium").exists():
         result["browser"] = browser_barge_in(1 if quick else 5)
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "bench_frontend.json").write_text(json.dumps(result, indent=2))
-    plot(result, OUT / "bench_frontend.png")
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    write_report("bench_frontend", result, plot)
     return result
 
 

@@ -10,6 +10,12 @@ They meet here and nowhere else:
   chunks, the end of the reply), each carrying the same reply id and epoch;
 * :meth:`Conversation.cancel` stops everything at or below an epoch; the server drops any late event
   whose epoch is stale, so cancellation is safe however late it lands.
+* a full-duplex engine first *judges* a spoken turn and says so with one :class:`Judgement` before any
+  other event of that reply: ``addressed=False`` (the utterance was not meant for the assistant, or too
+  short) is followed only by ``ReplyEnd(reason="not_addressed")``; ``addressed=True`` means the engine
+  has taken the turn over (it stopped its own older replies of the conversation, keeping in the history
+  only what the client reported as played) and the answer follows. An engine that sends no
+  ``Judgement`` treats every turn as addressed; the server takes the reply's first event as the verdict.
 
 Every call on a ``Conversation`` returns quickly (no model work on the caller's thread), and the sink
 may be called from any thread.
@@ -116,7 +122,21 @@ class EngineError:
     fatal: bool = False
 
 
-ReplyEvent = TextDelta | AudioChunk | ReplyEnd | EngineError
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    """The monitor's verdict on a turn, sent before any other event of its reply."""
+
+    reply_id: str
+    epoch: int
+    addressed: bool
+    why: str = ""
+    """``state_token`` (the model's first token decided), ``typed``, ``policy`` (always answer),
+    or ``too_short``."""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    """E.g. ``judge`` (ms from the request to the monitor's first token)."""
+
+
+ReplyEvent = TextDelta | AudioChunk | ReplyEnd | EngineError | Judgement
 EventSink = Callable[[ReplyEvent], None]
 
 
@@ -153,6 +173,10 @@ class Engine(abc.ABC):
     def health(self) -> dict[str, object]:
         """A JSON-able health report (``ok`` key required)."""
         return {"ok": True}
+
+    def notice(self) -> str | None:
+        """A line every user should see on the page (e.g. "the weights are random"), or ``None``."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Shut the engine down."""

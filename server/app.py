@@ -9,12 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, jsonify, request, send_from_directory
+from flask import Flask, Response, jsonify, request, send_from_directory
 from flask_socketio import SocketIO
 from socketio.exceptions import ConnectionRefusedError as SocketRefused  # carries its message to the client
 
 from engine.interface import Engine
 from server import protocol as P
+from server.metrics import ServerMetrics
 from server.options import ServerOptions
 from server.session import Session
 from vad.silero import SileroModel, shared_model
@@ -32,6 +33,7 @@ class ServerState:
     engine: Engine
     socketio: SocketIO
     vad_model: SileroModel
+    metrics: ServerMetrics
     sessions: dict[str, Session] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -61,11 +63,20 @@ def create_app(options: ServerOptions, engine: Engine, vad_model: SileroModel | 
         ping_interval=25,
         ping_timeout=20,
     )
-    state = ServerState(options, engine, socketio, vad_model or shared_model())
+    sessions: dict[str, Session] = {}
+    metrics = ServerMetrics(lambda: len(sessions), lambda: _engine_ok(engine))
+    state = ServerState(options, engine, socketio, vad_model or shared_model(), metrics, sessions)
     app.extensions["vita_duplex"] = state
     _add_routes(app, state)
     _add_socket_handlers(socketio, state)
     return app
+
+
+def _engine_ok(engine: Engine) -> float:
+    try:
+        return 1.0 if engine.health().get("ok") else 0.0
+    except Exception:  # a broken engine is unhealthy, not a failed scrape
+        return 0.0
 
 
 def _add_routes(app: Flask, state: ServerState) -> None:
@@ -84,6 +95,10 @@ def _add_routes(app: Flask, state: ServerState) -> None:
         ok = bool(engine.get("ok"))
         body = {"ok": ok, "sessions": n, "max_users": state.options.max_users, "engine": engine}
         return jsonify(body), 200 if ok else 503
+
+    @app.get("/metrics")
+    def metrics() -> Any:
+        return Response(state.metrics.exposition(), mimetype="text/plain; version=0.0.4")
 
 
 def _guarded(state: ServerState, handler: Callable[[Session, Any], Any]) -> Callable[..., Any]:
@@ -126,6 +141,7 @@ def _add_socket_handlers(socketio: SocketIO, state: ServerState) -> None:
                     send=lambda event, *args: socketio.emit(event, args if len(args) > 1 else args[0], to=sid),
                     disconnect=lambda: socketio.server.disconnect(sid),
                     vad_model=state.vad_model,
+                    metrics=state.metrics,
                 )
             except Exception as exc:  # e.g. the engine is down: refuse with the reason instead of a bare drop
                 log.exception("could not open a session")

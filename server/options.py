@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from server.echo import EchoOptions
 from vad.options import VadOptions
 
 
@@ -47,11 +48,43 @@ class LimitOptions:
     max_errors_per_s: float = _opt(10, "error events sent to one client per second (more are only logged)")
 
 
+def default_tiny_dir() -> Path:
+    """Where the default run keeps its tiny random checkpoint: outside the source tree, per user."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "vita-duplex" / "tiny-ckpt"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    """How the VITA-1.5 engine runs (command line: the names below). Mapped onto ``LlmOptions`` and
+    ``DuplexOptions`` by ``server.cli.load_engine``."""
+
+    num_engines: int = _opt(2, "vLLM engine instances: 2 = generator + monitor (full duplex), 1 = shared")
+    devices: str = _opt("", "comma-separated device per engine, e.g. cuda:0,cuda:1; empty = both on one GPU")
+    gpu_memory_share: float = _opt(0.42, "GPU memory fraction per engine (two on one GPU stay under 0.9)")
+    kv_cache_mb: int = _opt(0, "KV cache per engine in MiB (0: from --gpu_memory_share; on CPU 0 means 512)")
+    max_model_len: int = _opt(8192, "context length: history + media tokens + reply")
+    max_new_tokens: int = _opt(512, "longest reply in tokens")
+    dtype: str = _opt("auto", "LLM dtype (auto = the checkpoint's)")
+    enforce_eager: bool = _opt(False, "skip graph capture / torch.compile (faster start, slower decode)")
+    awakening: str = _opt(
+        "model", "non-awakening policy: 'model' = the model's first token (☞/☟) decides whether an utterance "
+        "is for the assistant (chatter is ignored and does not interrupt); 'always' = answer every utterance",
+        choices=["model", "always"],
+    )
+    no_streaming: bool = _opt(False, "generate the whole answer before speaking (the reference demo's way)")
+    max_frames: int = _opt(2, "camera frames per turn, evenly spaced over the utterance")
+    speech_device: str | None = _opt(None, "device of the speech head; unset = CUDA when present, else CPU")
+    tiny_dir: str = _opt(str(default_tiny_dir()), "where the random tiny checkpoint is made when no --model_path")
+
+
 @dataclass(frozen=True, slots=True)
 class ServerOptions:
     """Everything ``launch.py`` accepts. Reference names (model_path, ip, port, max_users, timeout) are kept."""
 
-    model_path: str | None = _opt(None, "VITA-1.5 checkpoint folder")
+    model_path: str | None = _opt(
+        None, "VITA-1.5 checkpoint folder; unset = a tiny RANDOM checkpoint (made once) to try the system"
+    )
     ip: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
     port: int = _opt(8081, "TCP port (0 picks a free one)")
     max_users: int = _opt(2, "concurrent sessions; extra clients are refused with a reason")
@@ -70,6 +103,8 @@ class ServerOptions:
     log_level: str = _opt("INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     vad: VadOptions = field(default_factory=VadOptions, metadata={"group": "VAD / end of turn", "prefix": "vad_"})
     limits: LimitOptions = field(default_factory=LimitOptions, metadata={"group": "limits", "prefix": ""})
+    echo: EchoOptions = field(default_factory=EchoOptions, metadata={"group": "echo guard", "prefix": "echo_"})
+    engine: EngineOptions = field(default_factory=EngineOptions, metadata={"group": "engine", "prefix": ""})
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
@@ -102,7 +137,10 @@ def _add_fields(group: Any, cls: type, prefix: str) -> None:
         dest = f"{prefix}{f.name}"
         kw: dict[str, Any] = {"dest": dest, "default": default, "help": f.metadata["help"] + " (default: %(default)s)"}
         if isinstance(default, bool):
-            group.add_argument(*_flags(dest), action="store_true", **kw)
+            if default:  # an option that is on by default needs a way to turn it off: --no-<name>
+                group.add_argument(*_flags(dest), action=argparse.BooleanOptionalAction, **kw)
+            else:
+                group.add_argument(*_flags(dest), action="store_true", **kw)
             continue
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]

@@ -24,6 +24,9 @@ EV_REPLY_TEXT = "reply_text"
 EV_REPLY_AUDIO = "reply_audio"  # two arguments: header object, then binary PCM16 LE mono 24 kHz
 EV_REPLY_END = "reply_end"
 EV_INTERRUPT = "interrupt"
+EV_PAUSE = "pause"  # speech started over the reply: stop playing, keep the buffer
+EV_RESUME = "resume"  # that speech was not a query: play on from where it paused
+EV_JUDGEMENT = "judgement"  # an utterance got no reply (not addressed, too short, echo, failed)
 EV_ERROR = "error"
 
 ErrorCode = Literal[
@@ -189,6 +192,8 @@ class HelloMsg(Outbound):
     camera_fps: float
     max_audio_packet_bytes: int
     max_frame_bytes: int
+    notice: str | None = None
+    """A line to show every user (e.g. that the weights are random), or ``None``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +251,25 @@ class InterruptMsg(Outbound):
     epoch: int
     reply_id: str | None
     reason: Literal["barge_in", "text", "stop", "reset"]
+
+
+@dataclass(frozen=True, slots=True)
+class PauseMsg(Outbound):
+    """``pause``: stop playing reply ``reply_id`` now and keep what is buffered; ``resume``: play on."""
+
+    reply_id: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class JudgementMsg(Outbound):
+    """An utterance that gets no reply, and why: ``state_token`` (the model judged it not addressed, ☟),
+    ``too_short``, ``echo`` (the echo guard took it for the assistant's own voice) or ``error``."""
+
+    reply_id: str | None
+    addressed: bool
+    why: str
+    timings_ms: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,9 @@
 
 Threads: Socket.IO handlers for one connection run in order on its reader thread (``async_handlers``
 is off) and call ``on_audio`` / ``on_frame`` / ``on_control``; engine threads call the sink, which only
-queues; the session's emit thread delivers queued reply events, pacing audio a little ahead of real
-time. Every reply emit and every epoch change happen under one lock, so once ``interrupt`` is sent no
+queues; the session's emit thread delivers queued reply events and keeps reply audio in a backlog it
+sends a little ahead of real time (never while paused, so a verdict behind paused audio is still
+read). Every reply emit and every epoch change happen under one lock, so once ``interrupt`` is sent no
 chunk of an older epoch can follow it.
 """
 
@@ -30,12 +31,15 @@ from engine.interface import (
     CameraFrame,
     Engine,
     EngineError,
+    Judgement,
     ReplyEnd,
     ReplyEvent,
     TextDelta,
     TurnRequest,
 )
 from server import protocol as P
+from server.echo import EchoGuard
+from server.metrics import ServerMetrics
 from server.options import ServerOptions
 from server.ratelimit import TokenBucket
 from vad.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
@@ -47,13 +51,16 @@ Send = Callable[..., None]
 """``send(event, *args)``: emit one Socket.IO event to this session's client."""
 
 _CLOSE = object()  # sentinel that stops the emit thread
+_WAKE = object()  # sentinel that makes the emit thread look at its audio backlog again
 _JOIN_TIMEOUT_S = 5.0
 _FRAME_CONTEXT_SAMPLES = MIC_SAMPLE_RATE  # frames up to 1 s before an utterance still belong to it
+
+InterruptReason = Literal["barge_in", "text", "stop", "reset"]
 
 
 @dataclass(slots=True)
 class _Reply:
-    """Book-keeping of the reply in flight (owned by the session, guarded by its lock)."""
+    """Book-keeping of one reply (owned by the session, guarded by its lock)."""
 
     reply_id: str
     epoch: int
@@ -61,11 +68,27 @@ class _Reply:
     t_turn_end: float
     seq: int = 0
     ended: bool = False
+    judged: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Utterance:
+    """An utterance waiting for the monitor (only one is judged at a time per session)."""
+
+    event: SpeechEnded
+    frames: tuple[CameraFrame, ...]
+    t_end: float
+
+
 class Session:
-    """Everything of one connected client: VAD, frames, the conversation, the reply in flight."""
+    """Everything of one connected client: VAD, frames, the conversation, the reply in flight.
+
+    Full-duplex behaviour: speech starting while the assistant is audible *pauses* the reply at once
+    (``pause``; the client stops playback and keeps its buffer) unless the echo guard takes it for the
+    assistant's own voice. When the utterance ends the engine judges it; an addressed turn interrupts
+    the old reply (``interrupt``) and starts the new one, anything else resumes it (``resume``).
+    """
 
     def __init__(
         self,
@@ -75,24 +98,33 @@ class Session:
         send: Send,
         disconnect: Callable[[], None],
         vad_model: SileroModel | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.sid = sid
         self.id = uuid.uuid4().hex[:8]  # short id for logs and the client; never the socket sid
         self.options = options
+        self.metrics = metrics
         lim = options.limits
         self._send = send
         self._disconnect = disconnect
         self._lock = threading.RLock()
         self._queue: queue.Queue[Any] = queue.Queue()
-        self._wake = threading.Event()
         self._closed = False
         self.listening = False
         self.epoch = 0
+        self._epochs = 0  # highest epoch handed out (a judged utterance gets one before it is accepted)
         self._reply: _Reply | None = None
+        self._judging: _Reply | None = None
+        self._waiting: _Utterance | None = None
+        self._backlog: deque[AudioChunk] = deque()
+        self._paused = False
+        self._paused_left = 0.0  # seconds of audio the client still held when it paused
+        self._echo_utterance = False
         self._recent_replies: deque[str] = deque(maxlen=8)
         self._play_until = 0.0  # monotonic time at which the client runs out of sent reply audio
         self._last_activity = time.monotonic()
         self._turns = 0
+        self.echo = EchoGuard(options.echo)
         self.segmenter = UtteranceSegmenter(options.vad, vad_model)
         self.frames: deque[CameraFrame] = deque(maxlen=lim.max_frames_kept)
         self._max_audio_bytes = 2 * round(lim.max_audio_packet_ms * MIC_SAMPLE_RATE / 1000)
@@ -114,6 +146,7 @@ class Session:
             camera_fps=options.camera_fps,
             max_audio_packet_bytes=self._max_audio_bytes,
             max_frame_bytes=lim.max_frame_bytes,
+            notice=engine.notice(),
         ))
 
     # ------------------------------------------------------------------ inbound (reader thread)
@@ -124,6 +157,7 @@ class Session:
         pcm = P.parse_audio(data, self._max_audio_bytes)
         if not self._audio_bucket.take(pcm.size):
             raise P.ProtocolError("rate_limited", "mic audio arrives faster than real time allows; packet dropped")
+        self.echo.note_mic(pcm, time.monotonic())
         for event in self.segmenter.push(pcm):
             if isinstance(event, SpeechStarted):
                 self._on_speech_started(event)
@@ -153,103 +187,190 @@ class Session:
                 self.listening = True
         elif ctl == P.SimpleControl("stop"):
             self.listening = False
-            self._interrupt_if_active("stop")
+            self._interrupt("stop")
         elif ctl == P.SimpleControl("reset"):
             self._touch()
-            self._interrupt_if_active("reset")
+            self._interrupt("reset")
             self.conversation.reset()
         elif isinstance(ctl, P.TextControl):
             self._touch()
             recent = [f for f in self.frames if f.at_sample >= self.segmenter.samples_seen - 2 * MIC_SAMPLE_RATE]
             frames = tuple(recent or list(self.frames)[-1:])
-            self._start_turn("text", text=ctl.text, frames=frames, interrupt_reason="text")
+            self._start_text_turn(ctl.text, frames)
         elif isinstance(ctl, P.PlaybackControl):
             if ctl.reply_id not in self._recent_replies:
                 raise P.ProtocolError("bad_control", f"playback report for unknown reply {ctl.reply_id!r}")
-            self.conversation.playback_report(ctl.reply_id, ctl.samples)
+            self._on_playback(ctl.reply_id, ctl.samples)
         return {"ok": True, "type": ctl.type, "epoch": self.epoch, "listening": self.listening}
 
     def _require_listening(self, what: str) -> None:
         if not self.listening:
             raise P.ProtocolError("not_started", f"{what} received before 'start' (or after 'stop'); dropped")
 
+    def _on_playback(self, reply_id: str, samples: int) -> None:
+        with self._lock:
+            reply = self._reply if self._reply and self._reply.reply_id == reply_id else None
+            if reply is not None and samples > 0 and "first_played" not in reply.timings:
+                reply.timings["first_played"] = _since(reply.t_turn_end)
+                self._observe("first_audio_played", reply.timings["first_played"])
+                log.info("session %s: turn %s timeline %s", self.id, reply_id, reply.timings)
+        self.conversation.playback_report(reply_id, samples)
+
     def _on_speech_started(self, ev: SpeechStarted) -> None:
         self._touch()
-        self._interrupt_if_active("barge_in")
-        self._emit(P.EV_VAD, P.VadMsg("speech_start", _ms(ev.start_sample), None, _ms(ev.at_sample)))
+        now = time.monotonic()
+        with self._lock:
+            self._echo_utterance = False
+            if self._audible():
+                if self.echo.is_echo(now):
+                    self._echo_utterance = True  # the assistant hears itself: no pause, no turn
+                elif not self._paused and self._reply is not None:
+                    self._paused = True
+                    self._paused_left = max(0.0, self._play_until - now)
+                    self._emit(P.EV_PAUSE, P.PauseMsg(self._reply.reply_id, self._reply.epoch))
+                    self._observe("barge_in_pause", _since(now))
+            self._emit(P.EV_VAD, P.VadMsg("speech_start", _ms(ev.start_sample), None, _ms(ev.at_sample)))
 
     def _on_speech_ended(self, ev: SpeechEnded) -> None:
         self._emit(P.EV_VAD, P.VadMsg("speech_end", _ms(ev.start_sample), _ms(ev.end_sample), _ms(ev.at_sample)))
+        self._observe("vad_decision", _ms(ev.at_sample - ev.end_sample))
         lo = ev.audio_start_sample - _FRAME_CONTEXT_SAMPLES
         frames = tuple(f for f in self.frames if lo <= f.at_sample <= ev.at_sample) or tuple(list(self.frames)[-1:])
-        reply_id = self._start_turn(
-            "voice", audio=ev.audio, frames=frames, start=ev.audio_start_sample, end=ev.end_sample,
-            interrupt_reason="barge_in",
-        )
+        with self._lock:
+            if self._echo_utterance:
+                self._echo_utterance = False
+                if self.metrics:
+                    self.metrics.echo_suppressed.inc()
+                self._emit(P.EV_JUDGEMENT, P.JudgementMsg(None, False, "echo", {}))
+                log.info("session %s: speech taken for the assistant's echo; ignored", self.id)
+                return
+            utterance = _Utterance(ev, frames, time.monotonic())
+            if self._judging is not None:
+                self._waiting = utterance  # judged once the current verdict is in (latest wins)
+                return
+        self._judge(utterance)
         if self.options.record_dir:
-            self._record(ev.audio, reply_id)
+            self._record(ev.audio, f"{self.id}-{self._turns}")
 
     # ------------------------------------------------------------------ turns and interruption
 
-    def _active(self) -> bool:
+    def _audible(self) -> bool:
+        """A reply is being generated, sent or still playing on the client (or is paused)."""
         reply = self._reply
-        return reply is not None and (not reply.ended or time.monotonic() < self._play_until)
+        return reply is not None and (
+            not reply.ended or self._paused or bool(self._backlog) or time.monotonic() < self._play_until
+        )
 
-    def _interrupt_if_active(self, reason: Literal["barge_in", "text", "stop", "reset"]) -> None:
-        with self._lock:
-            if not self._active():
-                return
-            old = self._reply
-            self.epoch += 1
-            self._reply = None
-            self._play_until = 0.0
-            self._drain()
-            self._wake.set()  # a paced chunk waiting in the emit thread wakes up and finds itself stale
-            self._emit(P.EV_INTERRUPT, P.InterruptMsg(self.epoch, old.reply_id if old else None, reason))
-        self.conversation.cancel(self.epoch - 1)
-        log.info("session %s: interrupted reply (%s), epoch now %d", self.id, reason, self.epoch)
+    def _new_reply(self, source: Literal["voice", "text"], t_end: float) -> _Reply:
+        self._turns += 1
+        self._epochs += 1
+        return _Reply(f"{self.id}-{self._turns}", self._epochs, source, t_end)
 
-    def _start_turn(
-        self,
-        source: Literal["voice", "text"],
-        *,
-        interrupt_reason: Literal["barge_in", "text"],
-        audio: np.ndarray | None = None,
-        frames: tuple[CameraFrame, ...] = (),
-        text: str | None = None,
-        start: int = 0,
-        end: int = 0,
-    ) -> str:
-        self._interrupt_if_active(interrupt_reason)
+    def _judge(self, utt: _Utterance) -> None:
+        """Hand an utterance to the engine; the old reply keeps its place until the verdict."""
+        ev = utt.event
         with self._lock:
-            self._turns += 1
-            self.epoch += 1
-            reply_id = f"{self.id}-{self._turns}"
-            self._reply = _Reply(reply_id, self.epoch, source, time.monotonic())
-            self._recent_replies.append(reply_id)
-            self._emit(P.EV_REPLY_START, P.ReplyStartMsg(reply_id, self.epoch, source))
-            request = TurnRequest(
-                reply_id=reply_id,
-                epoch=self.epoch,
-                audio=audio if audio is not None else np.zeros(0, np.float32),
-                frames=frames,
-                text=text,
-                start_sample=start,
-                end_sample=end,
-            )
-        log.info("session %s: %r", self.id, request)
+            reply = self._judging = self._new_reply("voice", utt.t_end)
+            self._recent_replies.append(reply.reply_id)
+            request = TurnRequest(reply.reply_id, reply.epoch, ev.audio, utt.frames, None,
+                                  ev.audio_start_sample, ev.end_sample)
+        self._count_turn(request)
         self.conversation.start_turn(request)
-        return reply_id
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+    def _start_text_turn(self, text: str, frames: tuple[CameraFrame, ...]) -> None:
+        """A typed question is always addressed: it interrupts at once and is answered."""
+        with self._lock:
+            self._interrupt_locked("text")
+            reply = self._new_reply("text", time.monotonic())
+            reply.judged = True
+            self._activate(reply)
+            request = TurnRequest(reply_id=reply.reply_id, epoch=reply.epoch, frames=frames, text=text)
+        self._count_turn(request)
+        self.conversation.start_turn(request)
+
+    def _count_turn(self, request: TurnRequest) -> None:
+        if self.metrics:
+            self.metrics.turns.inc()
+        log.info("session %s: %r", self.id, request)
+
+    def _activate(self, reply: _Reply) -> None:
+        """Make ``reply`` the one being spoken (lock held; any older one is already interrupted)."""
+        self.epoch = reply.epoch
+        self._reply = reply
+        self._paused = False
+        if reply.reply_id not in self._recent_replies:
+            self._recent_replies.append(reply.reply_id)
+        self._emit(P.EV_REPLY_START, P.ReplyStartMsg(reply.reply_id, reply.epoch, reply.source))
+
+    def _interrupt(self, reason: InterruptReason) -> None:
+        with self._lock:
+            cancel_upto = self._interrupt_locked(reason)
+        if cancel_upto is not None:
+            self.conversation.cancel(cancel_upto)
+
+    def _interrupt_locked(self, reason: InterruptReason, new_epoch: int | None = None,
+                          drop_pending: bool = True) -> int | None:
+        """Silence the reply in flight (and, unless told otherwise, drop utterances under judgement);
+        returns the epoch to cancel up to, ``None`` when nothing was going on. Lock held; the caller
+        cancels after releasing it."""
+        pending = self._judging
+        if drop_pending:
+            self._judging = self._waiting = None
+        audible = self._audible()
+        if not audible and (pending is None or not drop_pending):
+            return None
+        if new_epoch is None:
+            self._epochs += 1
+            new_epoch = self._epochs
+        self.epoch = new_epoch
+        if audible:
+            old = self._reply
+            self._reply = None
+            self._paused = False
+            self._play_until = 0.0
+            self._backlog.clear()
+            self.echo.forget_playback()
+            self._emit(P.EV_INTERRUPT, P.InterruptMsg(self.epoch, old.reply_id if old else None, reason))
+            if self.metrics:
+                self.metrics.interruptions.inc()
+            log.info("session %s: interrupted reply (%s), epoch now %d", self.id, reason, self.epoch)
+        return new_epoch - 1
+
+    def _accept(self, reply: _Reply) -> None:
+        """The judged utterance is a query: the old reply (if any) is cut and this one starts."""
+        with self._lock:
+            if self._judging is not reply:
                 return
-            if item is _CLOSE:  # keep the stop request
-                self._queue.put(item)
+            self._judging = None
+            reply.judged = True
+            cancel_upto = self._interrupt_locked("barge_in", new_epoch=reply.epoch, drop_pending=False)
+            self._activate(reply)
+        if cancel_upto is not None:
+            self.conversation.cancel(cancel_upto)
+        self._next_waiting()
+
+    def _reject(self, reply: _Reply, why: str, timings: dict[str, float]) -> None:
+        """Not a query (☟, too short, failed): nothing is cut; a paused reply resumes where it stopped."""
+        with self._lock:
+            if self._judging is not reply:
                 return
+            self._judging = None
+            self._emit(P.EV_JUDGEMENT, P.JudgementMsg(reply.reply_id, False, why, timings))
+            if self.metrics and why in ("state_token", "too_short"):
+                self.metrics.not_addressed.inc()
+            if self._paused and self._reply is not None:
+                self._paused = False
+                self._play_until = time.monotonic() + self._paused_left
+                self._emit(P.EV_RESUME, P.PauseMsg(self._reply.reply_id, self._reply.epoch))
+                if self.metrics:
+                    self.metrics.false_interruptions.inc()
+        self._next_waiting()
+
+    def _next_waiting(self) -> None:
+        with self._lock:
+            utt, self._waiting = self._waiting, None
+        if utt is not None:
+            self._judge(utt)
 
     # ------------------------------------------------------------------ outbound (engine + emit thread)
 
@@ -263,78 +384,141 @@ class Session:
         try:
             while not self._closed:
                 try:
-                    item = self._queue.get(timeout=self._idle_wait())
+                    item = self._queue.get(timeout=self._next_wait())
                 except queue.Empty:
-                    self._check_idle()
-                    continue
+                    item = None
                 if item is _CLOSE:
                     return
-                self._deliver(item)
+                if item is not None and item is not _WAKE:
+                    self._deliver(item)
+                self._pump_audio()
+                if item is None:
+                    self._check_idle()
         except Exception:  # a bug here must not pass silently; the session is closed below
             log.exception("session %s: emit loop failed", self.id)
             self._disconnect()
 
-    def _current(self, event: AudioChunk | TextDelta | ReplyEnd) -> _Reply | None:
-        reply = self._reply
-        if reply is None or event.epoch != reply.epoch or event.reply_id != reply.reply_id:
-            return None
-        return reply
+    def _next_wait(self) -> float:
+        with self._lock:
+            if self._backlog and not self._paused:
+                return max(0.0, self._play_until - time.monotonic() - self.options.playback_lead_ms / 1000)
+        return self._idle_wait()
+
+    def _current(self, event: AudioChunk | TextDelta | ReplyEnd | Judgement) -> _Reply | None:
+        for reply in (self._reply, self._judging):
+            if reply is not None and event.epoch == reply.epoch and event.reply_id == reply.reply_id:
+                return reply
+        return None
 
     def _deliver(self, event: ReplyEvent) -> None:
-        if isinstance(event, AudioChunk):
-            self._deliver_audio(event)
+        if isinstance(event, EngineError):
+            self._on_engine_error(event)
             return
         with self._lock:
-            if isinstance(event, EngineError):
-                self._on_engine_error(event)
-                return
             reply = self._current(event)
-            if reply is None:
+        if reply is None:
+            return
+        if reply is self._judging:
+            if isinstance(event, Judgement):
+                reply.timings |= {f"engine_{k}": float(v) for k, v in event.timings_ms.items()}
+                self._observe("judge", event.timings_ms.get("judge"))
+                if event.addressed:
+                    self._accept(reply)
+                else:
+                    self._reject(reply, event.why or "state_token", event.timings_ms)
+                return
+            if isinstance(event, ReplyEnd) and event.reason != "done":
+                self._reject(reply, event.reason, event.timings_ms)
+                return
+            self._accept(reply)  # an engine without judgements: its first event is the verdict
+        with self._lock:
+            if self._current(event) is not reply or reply is not self._reply:
                 return
             since_turn_end = _since(reply.t_turn_end)
-            if isinstance(event, TextDelta):
+            if isinstance(event, Judgement):
+                return
+            if isinstance(event, AudioChunk):
+                self._backlog.append(event)
+            elif isinstance(event, TextDelta):
                 reply.timings.setdefault("first_text", since_turn_end)
                 self._emit(P.EV_REPLY_TEXT, P.ReplyTextMsg(event.reply_id, event.epoch, event.text))
             else:
-                reply.ended = True
-                self._touch()
-                timings = {"reply_total": since_turn_end, **reply.timings}
-                timings |= {f"engine_{k}": float(v) for k, v in event.timings_ms.items()}
-                self._emit(P.EV_REPLY_END, P.ReplyEndMsg(event.reply_id, event.epoch, event.reason, timings))
+                self._finish(reply, event, since_turn_end)
 
-    def _deliver_audio(self, chunk: AudioChunk) -> None:
+    def _finish(self, reply: _Reply, event: ReplyEnd, since_turn_end: float) -> None:
+        """The engine ended ``reply`` (lock held)."""
+        reply.ended = True
+        self._touch()
+        timings = {"reply_total": since_turn_end, **reply.timings}
+        timings |= {f"engine_{k}": float(v) for k, v in event.timings_ms.items()}
+        reply.timings = timings
+        self._observe("first_clause", event.timings_ms.get("first_clause"))
+        log.info("session %s: turn %s %s, timeline %s", self.id, reply.reply_id, event.reason, timings)
+        if not self._backlog:
+            self._emit(P.EV_REPLY_END, P.ReplyEndMsg(event.reply_id, event.epoch, event.reason, timings))
+        else:
+            self._backlog.append(event)  # type: ignore[arg-type]  # sent after the last chunk
+
+    def _pump_audio(self) -> None:
+        """Send backlog audio, staying ``playback_lead_ms`` ahead of the client's playback; not while paused."""
         lead = self.options.playback_lead_ms / 1000
-        while True:
-            self._wake.clear()
-            with self._lock:
-                reply = self._current(chunk)
-                if reply is None or self._closed:
-                    return
+        with self._lock:
+            while self._backlog and not self._paused and not self._closed:
+                item = self._backlog[0]
+                reply = self._reply
+                if reply is None or item.epoch != reply.epoch or item.reply_id != reply.reply_id:
+                    self._backlog.popleft()  # stale
+                    continue
+                if isinstance(item, ReplyEnd):
+                    self._backlog.popleft()
+                    self._emit(P.EV_REPLY_END, P.ReplyEndMsg(item.reply_id, item.epoch, item.reason, reply.timings))
+                    continue
                 now = time.monotonic()
-                wait = self._play_until - now - lead
-                if wait <= 0:
-                    reply.timings.setdefault("first_audio", _since(reply.t_turn_end))
-                    header = P.ReplyAudioHeader(chunk.reply_id, chunk.epoch, reply.seq, chunk.num_samples)
-                    reply.seq += 1
-                    self._play_until = max(self._play_until, now) + chunk.num_samples / REPLY_SAMPLE_RATE
-                    self._send(P.EV_REPLY_AUDIO, header.to_wire(), chunk.pcm)
+                if self._play_until - now - lead > 0:
                     return
-            # Pace: stay `lead` ahead of the client's playback; an interrupt or close wakes us at once.
-            self._wake.wait(wait)
+                self._backlog.popleft()
+                if "first_audio" not in reply.timings:
+                    reply.timings["first_audio"] = _since(reply.t_turn_end)
+                    self._observe("first_audio_sent", reply.timings["first_audio"])
+                header = P.ReplyAudioHeader(item.reply_id, item.epoch, reply.seq, item.num_samples)
+                reply.seq += 1
+                start = max(self._play_until, now)
+                self._play_until = start + item.num_samples / REPLY_SAMPLE_RATE
+                self.echo.note_playback(item.pcm, start, self._play_until)
+                self._send(P.EV_REPLY_AUDIO, header.to_wire(), item.pcm)
 
     def _on_engine_error(self, event: EngineError) -> None:
         log.error("session %s: engine error on %s: %s", self.id, event.reply_id, event.message)
-        reply = self._reply
-        if reply is not None and event.reply_id in (None, reply.reply_id):
-            reply.ended = True
+        if self.metrics:
+            self.metrics.engine_errors.inc()
+        with self._lock:
+            reply, pending = self._reply, self._judging
+            if reply is not None and event.reply_id in (None, reply.reply_id):
+                reply.ended = True
+        if pending is not None and event.reply_id in (None, pending.reply_id):
+            self._reject(pending, "error", {})
         self.send_error("engine", event.message, fatal=event.fatal)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _CLOSE:  # keep the stop request
+                self._queue.put(item)
+                return
+
+    def _observe(self, stage: str, ms: float | None) -> None:
+        if self.metrics:
+            self.metrics.observe(stage, ms)
 
     def _idle_wait(self) -> float:
         return max(0.05, self._last_activity + self.options.timeout - time.monotonic())
 
     def _check_idle(self) -> None:
         with self._lock:
-            if self._active():
+            if self._audible() or self._judging is not None:
                 self._touch()
                 return
             idle = time.monotonic() - self._last_activity >= self.options.timeout
@@ -381,10 +565,10 @@ class Session:
                 return
             self._closed = True
             self.listening = False
-            self._reply = None
+            self._reply = self._judging = None
+            self._backlog.clear()
             self._drain()
             self._queue.put(_CLOSE)
-            self._wake.set()
         try:
             self.conversation.close()
         except Exception:

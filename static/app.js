@@ -10,7 +10,7 @@ const vita = window.vita = {
     connected: false, transport: null, refused: null, secure: window.isSecureContext,
     packetsSent: 0, samplesSent: 0, framesSent: 0, firstPacketAt: null,
     vad: [], replies: [], interrupts: [], flushed: [], played: {}, errors: [], latencies: [],
-    playbackReports: 0,
+    playbackReports: 0, pauses: [], resumes: [], judgements: [], timelines: [],
   },
   hello: null,
   epoch: 0,
@@ -73,7 +73,12 @@ socket.on('connect_error', (err) => {
   pill('conn', 'refused', 'bad');
   banner('Cannot connect: ' + err.message);
 });
-socket.on('hello', (msg) => { vita.hello = msg; });
+socket.on('hello', (msg) => {
+  vita.hello = msg;
+  const el = $('notice');
+  el.textContent = msg.notice || '';
+  el.hidden = !msg.notice; // e.g. the default run: random weights, replies are noise
+});
 socket.on('error', (msg) => {
   stats.errors.push('server: ' + msg.code);
   status('Server: ' + msg.message);
@@ -81,10 +86,26 @@ socket.on('error', (msg) => {
 });
 
 let lastTurnEnd = null; // performance.now() of the latest end of a user turn
+let lastVadMs = null; // speech end (audio time) -> the VAD's end-of-turn decision, ms
 socket.on('vad', (msg) => {
   stats.vad.push({...msg, at: now()});
   if (msg.type === 'speech_start') pill('listen', 'you are speaking', 'busy');
-  else { pill('listen', 'listening', 'on'); lastTurnEnd = now(); }
+  else { pill('listen', 'listening', 'on'); lastTurnEnd = now(); lastVadMs = msg.at_ms - msg.end_ms; }
+});
+// Barge-in: the server pauses the reply at speech onset; the verdict then interrupts or resumes it.
+socket.on('pause', (msg) => {
+  stats.pauses.push({...msg, at: now()});
+  player.pause();
+  pill('speak', 'paused', 'off');
+});
+socket.on('resume', (msg) => {
+  stats.resumes.push({...msg, at: now()});
+  player.resume();
+});
+socket.on('judgement', (msg) => {
+  stats.judgements.push({...msg, at: now()});
+  const why = {state_token: 'not addressed to me', too_short: 'too short', echo: 'my own echo', error: 'failed'};
+  transcript.add(`(ignored: ${why[msg.why] || msg.why})`, 'ignored');
 });
 socket.on('reply_start', (msg) => {
   stats.replies.push({...msg, at: now(), chunks: 0});
@@ -102,8 +123,21 @@ socket.on('reply_audio', (header, pcm) => {
   if (r) r.chunks++;
   player.node.port.postMessage({type: 'chunk', replyId: header.reply_id, pcm}, [pcm]);
 });
+function showTimeline(t, playedMs) {
+  const fmt = (v) => (v === undefined || v === null ? '–' : String(Math.round(v)));
+  const row = {vad: lastVadMs, judge: t.engine_judge, clause: t.engine_first_clause, sent: t.first_audio,
+    played: playedMs};
+  stats.timelines.push(row);
+  $('t-vad').textContent = fmt(row.vad);
+  $('t-judge').textContent = fmt(row.judge);
+  $('t-clause').textContent = fmt(row.clause);
+  $('t-sent').textContent = fmt(row.sent);
+  $('t-played').textContent = fmt(row.played);
+}
 socket.on('reply_end', (msg) => {
   const t = msg.timings_ms || {};
+  const r = stats.replies.find((x) => x.reply_id === msg.reply_id);
+  showTimeline(t, r ? r.playedMs : undefined);
   const heard = stats.latencies.length ? `${stats.latencies[stats.latencies.length - 1]} ms heard` : 'not heard';
   if (t.first_audio !== undefined) {
     $('latency').textContent = `latency: end of turn → reply audio ${heard} (server sent it after ${Math.round(t.first_audio)} ms)`;
@@ -138,16 +172,19 @@ const player = {
       if (lastTurnEnd !== null) {
         const ms = Math.round(now() - lastTurnEnd);
         stats.latencies.push(ms);
+        const r = stats.replies.find((x) => x.reply_id === m.replyId);
+        if (r) r.playedMs = ms;
+        $('t-played').textContent = String(ms);
         $('latency').textContent = `latency: ${ms} ms from end of turn to reply audio`;
         lastTurnEnd = null;
       }
       return;
     }
     if (m.type === 'flushed') stats.flushed.push({...m, at: now()});
-    if (m.type !== 'played') pill('speak', 'silent', 'off');
+    if (m.type !== 'played' && m.type !== 'paused') pill('speak', 'silent', 'off');
     if (m.replyId) {
       stats.played[m.replyId] = m.samples;
-      this.report(m.replyId, m.samples, m.type !== 'played');
+      this.report(m.replyId, m.samples, m.type !== 'played'); // paused/flushed/drained: at once
     }
   },
   report(replyId, samples, force) {
@@ -159,6 +196,8 @@ const player = {
     socket.emit('control', {type: 'playback', reply_id: replyId, samples});
   },
   flush() { if (this.node) this.node.port.postMessage({type: 'flush'}); },
+  pause() { if (this.node) this.node.port.postMessage({type: 'pause'}); },
+  resume() { if (this.node) this.node.port.postMessage({type: 'resume'}); },
 };
 
 // ------------------------------------------------------------------ capture

@@ -1,7 +1,9 @@
 // Reply playback: a sample-accurate queue of 24 kHz PCM16 chunks, gapless across chunks.
-// Messages in: {type:'chunk', replyId, pcm: ArrayBuffer} and {type:'flush'} (drop everything now).
+// Messages in: {type:'chunk', replyId, pcm: ArrayBuffer}, {type:'flush'} (drop everything now),
+// {type:'pause'} (stop at once, keep the queue: the user may only be coughing) and {type:'resume'}.
 // Messages out: {type:'started', replyId}, {type:'played', replyId, samples} (about every 100 ms while
-// playing), {type:'flushed', replyId, samples, dropped} and {type:'drained', replyId, samples}.
+// playing), {type:'paused', replyId, samples}, {type:'flushed', replyId, samples, dropped} and
+// {type:'drained', replyId, samples}.
 class ReplyPlayer extends AudioWorkletProcessor {
   constructor() {
     super();
@@ -10,13 +12,22 @@ class ReplyPlayer extends AudioWorkletProcessor {
     this.played = new Map(); // replyId -> samples actually rendered
     this.current = null;  // replyId being rendered
     this.sinceReport = 0;
+    this.paused = false;
     this.port.onmessage = (e) => this.onMessage(e.data);
   }
 
   onMessage(msg) {
     if (msg.type === 'chunk') {
       this.queue.push({replyId: msg.replyId, data: new Int16Array(msg.pcm)});
+    } else if (msg.type === 'pause') {
+      this.paused = true;
+      if (this.current) {
+        this.port.postMessage({type: 'paused', replyId: this.current, samples: this.played.get(this.current)});
+      }
+    } else if (msg.type === 'resume') {
+      this.paused = false;
     } else if (msg.type === 'flush') {
+      this.paused = false;
       let dropped = 0;
       for (const c of this.queue) dropped += c.data.length;
       dropped -= this.offset;
@@ -31,7 +42,7 @@ class ReplyPlayer extends AudioWorkletProcessor {
   process(_inputs, outputs) {
     const out = outputs[0][0];
     let i = 0;
-    while (i < out.length && this.queue.length) {
+    while (!this.paused && i < out.length && this.queue.length) {
       const head = this.queue[0];
       if (this.current !== head.replyId) {
         this.current = head.replyId;
@@ -56,7 +67,7 @@ class ReplyPlayer extends AudioWorkletProcessor {
       this.sinceReport = 0;
       this.port.postMessage({type: 'played', replyId: this.current, samples: this.played.get(this.current)});
     }
-    if (this.current && !this.queue.length) {
+    if (this.current && !this.queue.length && !this.paused) {
       this.port.postMessage({type: 'drained', replyId: this.current, samples: this.played.get(this.current)});
       this.current = null;
       this.sinceReport = 0;

@@ -130,10 +130,10 @@ def test_contradictory_options_are_refused() -> None:
         parse_options(["--vad_threshold", "2"])
 
 
-def test_launch_refuses_clearly_until_the_engine_is_wired() -> None:
+def test_launch_refuses_a_missing_checkpoint_clearly() -> None:
     out = subprocess.run([sys.executable, "launch.py", "--model_path", "/nowhere"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 2
-    assert "engine is not wired" in out.stderr
+    assert "cannot start" in out.stderr and "/nowhere is not a folder" in out.stderr
     helped = subprocess.run([sys.executable, "launch.py", "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "--max_users" in helped.stdout

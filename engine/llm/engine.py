@@ -156,18 +156,22 @@ class LlmEngine:
         if self._dead is not None:
             raise EngineDeadError(f"engine {self.name} is dead ({self._dead}); restart it")
 
-    def _sampling(self, max_new_tokens: int | None, ignore_eos: bool):
+    def _sampling(self, max_new_tokens: int | None, ignore_eos: bool, allowed_token_ids: list[int] | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
             max_tokens=max_new_tokens or self.options.max_new_tokens, temperature=self.options.temperature,
             output_kind=RequestOutputKind.DELTA, ignore_eos=ignore_eos, stop_token_ids=self._stop_ids,
-            detokenize=self.resolved.has_tokenizer, skip_special_tokens=True)
+            detokenize=self.resolved.has_tokenizer, skip_special_tokens=True, allowed_token_ids=allowed_token_ids)
 
     async def stream(self, prompt: BuiltPrompt, request_id: str, *, max_new_tokens: int | None = None,
-                     ignore_eos: bool = False) -> AsyncIterator[StreamEvent]:
-        """Generate for ``prompt``: text deltas as they come, then one :class:`Finished`."""
+                     ignore_eos: bool = False, allowed_token_ids: list[int] | None = None,
+                     ) -> AsyncIterator[StreamEvent]:
+        """Generate for ``prompt``: text deltas as they come, then one :class:`Finished`.
+
+        ``allowed_token_ids`` restricts sampling to those ids (the duplex monitor's state-token judgement).
+        """
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
         from vllm.v1.engine.exceptions import EngineGenerateError
 
@@ -183,7 +187,7 @@ class LlmEngine:
         clock, reason, prompt_len = _Clock(), "abort", len(prompt.token_ids)
         self._active.add(request_id)
         try:
-            async for out in self._llm.generate(request, self._sampling(max_new_tokens, ignore_eos),
+            async for out in self._llm.generate(request, self._sampling(max_new_tokens, ignore_eos, allowed_token_ids),
                                                 request_id=request_id):
                 if out.prompt_token_ids is not None:
                     prompt_len = len(out.prompt_token_ids)

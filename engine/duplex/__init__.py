@@ -1,0 +1,1 @@
+"""The full-duplex turn controller: generator/monitor roles over two vLLM engines, streaming speech."""

@@ -1,0 +1,321 @@
+"""One session's full-duplex conversation: judge each utterance, swap roles, stream the answer.
+
+Every coroutine here runs on the engine's single loop thread (see :mod:`engine.duplex.loop`); the
+public methods only hand work over to it, so they return at once whatever thread calls them. The
+conversation's history, roles and turns belong to it alone (nothing per user is global).
+
+Roles: of the two vLLM engines one is this conversation's *generator* (speaking the current answer)
+and the other its *monitor* (judging the next utterance). A spoken turn is judged on the monitor with
+sampling restricted to the state tokens (☞ addressed, ☟ not). On ☞ the monitor takes over: older
+replies are stopped (request aborted, speech cancelled), the interrupted answer enters the history
+only as far as the client reported hearing it, and the answer is generated on the same engine (its
+prefix is cached there), which becomes the generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from engine.duplex.frames import pick_frames, square_frame
+from engine.duplex.heard import SpokenLog
+from engine.interface import (
+    MIC_SAMPLE_RATE,
+    AudioChunk,
+    Conversation,
+    EngineError,
+    EventSink,
+    Judgement,
+    ReplyEnd,
+    ReplyEvent,
+    TextDelta,
+    TurnRequest,
+)
+from engine.llm.engine import LlmEngine, StreamEvent, TextChunk
+from engine.llm.errors import EngineDeadError, LlmError
+from engine.llm.prompt import SPOKEN, TYPED, ConversationHistory, StateTokenFilter, UserTurn
+from engine.speech.errors import SpeechCheckpointError, SpeechInputError
+from engine.speech.head import ReplySynthesizer
+from engine.speech.text_front import ClauseSplitter
+
+if TYPE_CHECKING:
+    from engine.duplex.engine import VitaEngine
+
+log = logging.getLogger(__name__)
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 1)
+
+
+@dataclass(eq=False)
+class _Turn:
+    """One user turn and the reply to it (the loop thread owns it; ``stop`` may come from anywhere)."""
+
+    request: TurnRequest
+    t0: float = field(default_factory=time.perf_counter)
+    user: UserTurn | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+    inflight: dict[str, LlmEngine] = field(default_factory=dict)
+    judge_engine: int | None = None
+    synth: ReplySynthesizer | None = None
+    text: list[str] = field(default_factory=list)
+    spoken: SpokenLog = field(default_factory=SpokenLog)
+    played: int | None = None
+    generated_all: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def reply_id(self) -> str:
+        return self.request.reply_id
+
+    @property
+    def epoch(self) -> int:
+        return self.request.epoch
+
+    def heard_text(self) -> str:
+        """The reply as the user heard it: all of it when every sample was played (or the client never
+        reported playback), else the clauses and words covered by the played samples."""
+        full = "".join(self.text).strip()
+        if self.played is None:
+            return full if self.generated_all or not self.stopped.is_set() else self.spoken.heard(1 << 62)
+        if self.generated_all and self.played >= self.spoken.total_samples:
+            return full
+        return self.spoken.heard(self.played)
+
+
+class DuplexConversation(Conversation):
+    """One session's conversation over the shared :class:`~engine.duplex.engine.VitaEngine`."""
+
+    def __init__(self, engine: VitaEngine, sink: EventSink) -> None:
+        self._engine = engine
+        self._sink = sink
+        self._options = engine.options
+        self._history = ConversationHistory(max_turns=engine.options.history_turns)
+        self._turns: dict[str, _Turn] = {}  # running turns by reply id (loop thread writes)
+        self._last: _Turn | None = None  # the latest answered turn, not yet in the history
+        self._generator = 0  # index of this conversation's generator engine
+        self._closed = False
+        self._lock = threading.Lock()  # guards _turns / _last against the server's threads
+        self._tts_threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------------ public (any thread)
+
+    def start_turn(self, request: TurnRequest) -> None:
+        """Judge and (if addressed) answer ``request``; events go to the sink. Returns at once."""
+        turn = _Turn(request)
+        with self._lock:
+            if self._closed:
+                return
+            self._turns[request.reply_id] = turn
+        self._engine.loop.submit(self._run(turn))
+
+    def cancel(self, epoch: int) -> None:
+        """Stop every turn whose epoch is ``<= epoch`` (abort its requests, cancel its speech)."""
+        with self._lock:
+            turns = [t for t in self._turns.values() if t.epoch <= epoch]
+            last = self._last
+        if last is not None and last.epoch <= epoch:
+            turns.append(last)
+        for turn in turns:
+            self._stop(turn)
+
+    def playback_report(self, reply_id: str, samples_played: int) -> None:
+        """Remember how much of ``reply_id`` the client played (for the history after an interruption)."""
+        with self._lock:
+            turn = self._turns.get(reply_id) or (self._last if self._last and self._last.reply_id == reply_id else None)
+        if turn is not None:
+            turn.played = max(turn.played or 0, int(samples_played))
+
+    def reset(self) -> None:
+        """Forget the history (on the loop, so it never races a prompt being built)."""
+        self._engine.loop.call(self._forget)
+
+    def close(self) -> None:
+        """Stop everything; speech workers end at their next step."""
+        with self._lock:
+            self._closed = True
+            turns = list(self._turns.values()) + ([self._last] if self._last else [])
+        for turn in turns:
+            self._stop(turn)
+        for th in list(self._tts_threads):
+            th.join(timeout=5)
+        self._engine.loop.call(self._forget)
+
+    # ------------------------------------------------------------------ internals (loop thread)
+
+    def _forget(self) -> None:
+        self._history.clear()
+        self._last = None
+
+    def _emit(self, event: ReplyEvent) -> None:
+        if not self._closed:
+            self._sink(event)
+
+    def _stop(self, turn: _Turn) -> None:
+        turn.stopped.set()
+        if turn.synth is not None:
+            turn.synth.cancel()
+        for rid, llm in list(turn.inflight.items()):
+            self._engine.loop.submit(llm.abort(rid))
+
+    async def _run(self, turn: _Turn) -> None:
+        req = turn.request
+        try:
+            turn.user = self._user_turn(req)
+            log.debug("turn %s: judging (%d images)", req.reply_id, len(turn.user.images))
+            addressed, why, state = await self._judge(turn)
+            log.debug("turn %s: addressed=%s (%s)", req.reply_id, addressed, why)
+            if turn.stopped.is_set():
+                self._emit(ReplyEnd(req.reply_id, req.epoch, "cancelled", dict(turn.timings)))
+                return
+            self._emit(Judgement(req.reply_id, req.epoch, addressed, why, dict(turn.timings)))
+            if not addressed:
+                self._emit(ReplyEnd(req.reply_id, req.epoch, "not_addressed", dict(turn.timings)))
+                return
+            self._take_over(turn)
+            await self._answer(turn, state)
+        except (LlmError, SpeechInputError, SpeechCheckpointError) as exc:
+            self._fail(turn, str(exc), fatal=isinstance(exc, EngineDeadError))
+        except asyncio.CancelledError:
+            self._stop(turn)
+            raise
+        except Exception as exc:  # a bug must reach the client as an error, not a silent hang
+            log.exception("turn %s failed", req.reply_id)
+            self._fail(turn, f"the engine failed on this turn: {type(exc).__name__}", fatal=False)
+        finally:
+            with self._lock:
+                self._turns.pop(req.reply_id, None)
+
+    def _fail(self, turn: _Turn, message: str, fatal: bool) -> None:
+        self._stop(turn)
+        self._emit(EngineError(turn.reply_id, turn.epoch, message, fatal))
+        self._emit(ReplyEnd(turn.reply_id, turn.epoch, "error", dict(turn.timings)))
+
+    def _user_turn(self, req: TurnRequest) -> UserTurn:
+        opts = self._options
+        frames = pick_frames(req.frames, req.start_sample, req.end_sample or req.start_sample, opts.max_frames)
+        images = tuple(square_frame(f.jpeg, opts.frame_max_side) for f in frames)
+        audio = req.audio if req.audio.size else None
+        return UserTurn(audio=audio, images=images, text=req.text)
+
+    async def _stream(self, turn: _Turn, index: int, prompt, rid: str, **kw: object) -> AsyncIterator[StreamEvent]:
+        llm = self._engine.pool.engines[index]
+        if turn.stopped.is_set():
+            return
+        turn.inflight[rid] = llm
+        try:
+            async for event in llm.stream(prompt, rid, **kw):  # type: ignore[arg-type]
+                yield event
+                if turn.stopped.is_set():
+                    await llm.abort(rid)
+        finally:
+            turn.inflight.pop(rid, None)
+
+    async def _judge(self, turn: _Turn) -> tuple[bool, str, str]:
+        """(addressed, why, state token of the answer)."""
+        req, opts = turn.request, self._options
+        if req.text:
+            return True, "typed", TYPED
+        if req.audio.size < opts.min_utterance_ms * MIC_SAMPLE_RATE / 1000:
+            return False, "too_short", SPOKEN
+        if opts.awakening == "always":
+            return True, "policy", SPOKEN
+        index = self._engine.live_index(prefer_not=self._generator)
+        prompt = self._engine.builder.build(turn.user, self._history)
+        first: int | None = None
+        async for event in self._stream(turn, index, prompt, f"{req.reply_id}-judge", max_new_tokens=1,
+                                        allowed_token_ids=self._engine.judge_ids):
+            if isinstance(event, TextChunk) and event.token_ids and first is None:
+                first = event.token_ids[0]
+                turn.timings["judge"] = _ms(turn.t0)
+        turn.judge_engine = index
+        state = self._engine.state_of(first)
+        return state == SPOKEN, "state_token", SPOKEN
+
+    def _take_over(self, turn: _Turn) -> None:
+        """The turn is addressed: stop older replies, commit the last answer as heard, swap roles."""
+        with self._lock:
+            older = [t for t in self._turns.values() if t is not turn and t.epoch < turn.epoch]
+            last, self._last = self._last, turn
+        for other in older:
+            self._stop(other)
+        if last is not None and last.user is not None:
+            self._history.add(last.user, last.heard_text())
+        if turn.judge_engine is not None:
+            self._generator = turn.judge_engine
+
+    async def _answer(self, turn: _Turn, state: str) -> None:
+        req, opts, eng = turn.request, self._options, self._engine
+        index = eng.live_index(prefer=self._generator)
+        self._generator = index
+        prompt = eng.builder.build(turn.user, self._history)
+        # The judged state token starts the answer, so the generator continues the monitor's verdict.
+        prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, eng.state_ids[state]])
+        synth = eng.head.new_reply(req.reply_id, req.epoch, eng.tts_tokenizer, opts.tts_seed)
+        turn.synth = synth
+        if turn.stopped.is_set():
+            synth.cancel()
+        spoken = asyncio.get_running_loop().create_future()
+        worker = threading.Thread(target=self._speak, args=(turn, synth, spoken), name=f"tts-{req.reply_id}",
+                                  daemon=True)
+        self._tts_threads = [t for t in self._tts_threads if t.is_alive()] + [worker]
+        worker.start()
+        visible, clauses = StateTokenFilter(), ClauseSplitter(opts.speech.clauses)
+        try:
+            async for event in self._stream(turn, index, prompt, req.reply_id, max_new_tokens=opts.max_new_tokens):
+                if not isinstance(event, TextChunk):
+                    turn.timings["llm_tokens"] = float(event.generated_tokens)
+                    continue
+                text = visible.feed(event.text)
+                if not text:
+                    continue
+                turn.timings.setdefault("first_token", _ms(turn.t0))
+                turn.text.append(text)
+                self._emit(TextDelta(req.reply_id, req.epoch, text))
+                if opts.streaming:
+                    if clauses.push(text):
+                        turn.timings.setdefault("first_clause", _ms(turn.t0))
+                    synth.push_text(text)
+        finally:
+            if not opts.streaming and not turn.stopped.is_set():
+                turn.timings.setdefault("first_clause", _ms(turn.t0))
+                synth.push_text("".join(turn.text))
+            turn.timings.setdefault("first_clause", _ms(turn.t0))
+            synth.end_text()
+        turn.generated_all = not turn.stopped.is_set()
+        error = await spoken
+        if error is not None:
+            raise error
+        turn.timings["total"] = _ms(turn.t0)
+        reason = "cancelled" if turn.stopped.is_set() else "done"
+        self._emit(ReplyEnd(req.reply_id, req.epoch, reason, dict(turn.timings)))
+
+    def _speak(self, turn: _Turn, synth: ReplySynthesizer, done: asyncio.Future) -> None:
+        """Speech worker thread: synthesise the reply's clauses and send the chunks as they come."""
+        error: Exception | None = None
+        total = 0
+        try:
+            for chunk in synth.chunks():
+                if turn.stopped.is_set():
+                    break
+                total += chunk.num_samples
+                turn.spoken.add_chunk(synth.spoken_text, total)
+                turn.timings.setdefault("first_audio", _ms(turn.t0))
+                self._emit(AudioChunk(chunk.reply_id, chunk.epoch, chunk.seq, chunk.pcm))
+        except Exception as exc:  # reported on the loop as the turn's error
+            log.exception("speech of %s failed", turn.reply_id)
+            error = exc if isinstance(exc, SpeechInputError) else SpeechInputError(f"speech synthesis failed: {exc}")
+        finally:
+            self._engine.loop.call(_settle, done, error)
+
+
+def _settle(future: asyncio.Future, error: Exception | None) -> None:
+    if not future.done():
+        future.set_result(error)
