@@ -187,7 +187,9 @@ def test_not_addressed_speech_pauses_then_resumes_the_reply(duplex_session):
     names = wire.names()
     assert "interrupt" not in names and conv.cancels == []
     assert names.index("pause") < names.index("judgement") < names.index("resume")
-    assert wait_until(lambda: "reply_end" in wire.names(), timeout=10)  # the reply played on to its end
+    old = conv.requests[0].reply_id
+    sent_of_old = lambda: sum(1 for e, a in list(wire.sent) if e == "reply_audio" and a[0]["reply_id"] == old)  # noqa: E731
+    assert wait_until(lambda: sent_of_old() == 75, timeout=10)  # all 3 s (75 chunks) still went out: nothing lost
 
 
 def test_an_utterance_ending_during_a_judgement_waits_for_it(duplex_session):
@@ -213,7 +215,9 @@ def test_addressed_speech_interrupts_with_nothing_stale_after(duplex_session):
     conv.verdict(1, addressed=True)
     assert wait_until(lambda: "interrupt" in wire.names())
     conv.sink(AudioChunk(old.reply_id, old.epoch, 999, tone_chunk(960, 0, 300)))  # late chunk of the old reply
-    assert wait_until(lambda: wire.names().count("reply_end") == 1, timeout=10)
+    new = conv.requests[1]
+    assert wait_until(lambda: any(e == "reply_end" and a[0]["reply_id"] == new.reply_id for e, a in list(wire.sent)),
+                      timeout=10)
     i = wire.names().index("interrupt")
     cut = wire.sent[i][1][0]
     assert conv.cancels == [cut["epoch"] - 1]
