@@ -42,7 +42,6 @@ from engine.llm.errors import EngineDeadError, LlmError
 from engine.llm.prompt import SPOKEN, TYPED, ConversationHistory, StateTokenFilter, UserTurn
 from engine.speech.errors import SpeechCheckpointError, SpeechInputError
 from engine.speech.head import ReplySynthesizer
-from engine.speech.text_front import ClauseSplitter
 
 if TYPE_CHECKING:
     from engine.duplex.engine import VitaEngine
@@ -267,7 +266,7 @@ class DuplexConversation(Conversation):
                                   daemon=True)
         self._tts_threads = [t for t in self._tts_threads if t.is_alive()] + [worker]
         worker.start()
-        visible, clauses = StateTokenFilter(), ClauseSplitter(opts.speech.clauses)
+        visible = StateTokenFilter()
         try:
             async for event in self._stream(turn, index, prompt, req.reply_id, max_new_tokens=opts.max_new_tokens):
                 if not isinstance(event, TextChunk):
@@ -279,13 +278,10 @@ class DuplexConversation(Conversation):
                 turn.timings.setdefault("first_token", _ms(turn.t0))
                 turn.text.append(text)
                 self._emit(TextDelta(req.reply_id, req.epoch, text))
-                if opts.streaming:
-                    if clauses.push(text):
-                        turn.timings.setdefault("first_clause", _ms(turn.t0))
-                    synth.push_text(text)
+                if opts.streaming and synth.push_text(text):  # the speech head's splitter says a clause is complete
+                    turn.timings.setdefault("first_clause", _ms(turn.t0))
         finally:
             if not opts.streaming and not turn.stopped.is_set():
-                turn.timings.setdefault("first_clause", _ms(turn.t0))
                 synth.push_text("".join(turn.text))
             turn.timings.setdefault("first_clause", _ms(turn.t0))
             synth.end_text()

@@ -170,13 +170,15 @@ class ReplySynthesizer:
 
     # --- producer side (any thread) ---
 
-    def push_text(self, delta: str) -> None:
-        """Add streamed reply text; complete clauses are queued for synthesis."""
+    def push_text(self, delta: str) -> int:
+        """Add streamed reply text; complete clauses are queued for synthesis. Returns how many."""
         with self._cond:
             if self._ended:
                 raise SpeechInputError("push_text after end_text")
-            self._pending.extend(self._splitter.push(delta))
+            clauses = self._splitter.push(delta)
+            self._pending.extend(clauses)
             self._cond.notify_all()
+            return len(clauses)
 
     def push_token_ids(self, token_ids: Sequence[int]) -> None:
         """Queue one clause given directly as LLM token ids (no tokenizer, no normalisation)."""
