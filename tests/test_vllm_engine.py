@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.llm.audio_features import num_audio_tokens
 from engine.llm.engine import Finished, LlmPool, TextChunk
 from engine.llm.errors import (
     AudioInputError,
@@ -21,9 +20,10 @@ from engine.llm.errors import (
     InputError,
     PromptTooLongError,
 )
-from engine.llm.image_preprocess import plan_tiles
 from engine.llm.options import LlmOptions
-from engine.llm.prompt import ConversationHistory, StateTokenFilter, UserTurn
+from engine.llm.prompt import ConversationHistory, UserTurn
+from vllm_patches.audio_features import num_audio_tokens
+from vllm_patches.image_preprocess import plan_tiles
 
 pytestmark = [pytest.mark.vllm]  # async tests share the module loop (pyproject: asyncio_default_test_loop_scope)
 
@@ -154,13 +154,6 @@ def test_history_is_trimmed_to_the_budget(builder) -> None:
         history.add(UserTurn(text=f"question {i} " * 20), f"answer {i} " * 20)
     prompt = builder.build(UserTurn(text="last"), history)
     assert 0 < prompt.history_used < 50 and prompt.expanded_length <= builder.budget
-
-
-def test_state_token_filter() -> None:
-    f = StateTokenFilter()
-    assert [f.feed(d) for d in ["☞", " Hello", " world"]] == ["", "Hello", " world"] and f.state == "☞"
-    g = StateTokenFilter()
-    assert g.feed("Hi") == "Hi" and g.state is None
 
 
 async def test_dead_engine_is_reported_and_the_other_keeps_serving(pool, builder) -> None:

@@ -1,4 +1,4 @@
-"""The "whale" audio encoder and its adapter, in plain torch (architecture.md §1.9–1.10).
+"""The "whale" audio encoder and its adapter in plain torch (docs/model.md, "Audio encoder", "Audio adapter").
 
 Conv ×4 subsampling → Linear/LayerNorm/ReLU embedding → ×√D → 24 pre-norm Transformer-XL layers with
 relative-position attention (WeNet legacy, no rel-shift) → final LayerNorm; then the adapter:

@@ -1,7 +1,7 @@
 """The vLLM-side configuration class of VITA-1.5 (``model_type`` ``vita_duplex``).
 
 It holds the Qwen2 ``text_config`` plus the tower dicts, placeholder ids, tiling defaults and the CMVN
-statistics, i.e. everything of architecture.md §1.1 the served model and its processor read. The engine
+statistics: every value of docs/model.md, "Config values" that the served model and its processor read. The engine
 writes it (``engine.llm.checkpoint``) from whichever checkpoint layout the user has.
 """
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class VisionGeometry:
-    """InternViT sizes (architecture.md §1.4); real values are the defaults."""
+    """InternViT sizes (docs/model.md, "Vision tower"); real values are the defaults."""
 
     hidden_size: int = 1024
     num_layers: int = 24
@@ -52,7 +52,7 @@ class VisionGeometry:
 
 @dataclass(frozen=True, slots=True)
 class AudioGeometry:
-    """Whale encoder sizes (architecture.md §1.9); real values are the defaults."""
+    """Whale encoder sizes (docs/model.md, "Audio encoder"); real values are the defaults."""
 
     input_dim: int = 80
     hidden_size: int = 1024

@@ -1,14 +1,13 @@
 """vLLM multimodal processor of VITA-1.5: our own tiling and fbank, placeholder expansion by token id.
 
 A prompt carries **one** placeholder id per image/audio (``image_token_index`` / ``audio_token_index`` of
-the config); vLLM expands the k-th one to 256·tiles(k) or n(audio k) copies (architecture.md §1.11).
+the config); vLLM expands the k-th one to 256·tiles(k) or n(audio k) copies (docs/model.md, "Placeholders").
 Placeholders are matched as token ids, never as strings: in the real Qwen vocabulary ``<image>`` is not
 one token, and the demo inserts the ids directly.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -28,15 +27,15 @@ from vllm.multimodal.processing import (
 )
 from vllm.multimodal.processing.inputs import ProcessorInputs
 
-from engine.llm.audio_features import (
+from vllm_patches.audio_features import (
     Cmvn,
     max_audio_samples,
     num_audio_tokens,
     num_audio_tokens_from_frames,
     waveform_to_features,
 )
-from engine.llm.image_preprocess import TILE_SIZE, TOKENS_PER_TILE, image_to_pixel_values
 from vllm_patches.config import VitaConfig
+from vllm_patches.image_preprocess import TILE_SIZE, TOKENS_PER_TILE, image_to_pixel_values
 
 
 class VitaProcessingInfo(BaseProcessingInfo):
@@ -141,15 +140,13 @@ class VitaMultiModalProcessor(BaseMultiModalProcessor[VitaProcessingInfo]):
         ]
 
 
-def _as_pil(image: object) -> Image.Image | bytes:
-    """vLLM hands images as PIL, arrays or tensors; the tiler takes PIL (or encoded bytes)."""
-    if isinstance(image, Image.Image | bytes):
+def _as_pil(image: object) -> Image.Image:
+    """vLLM hands images as PIL, HWC arrays or tensors; the tiler takes PIL."""
+    if isinstance(image, Image.Image):
         return image
     if isinstance(image, torch.Tensor):
         image = image.numpy()
     if isinstance(image, np.ndarray):
         return Image.fromarray(image.astype(np.uint8))
-    if isinstance(image, io.BytesIO):
-        return image.getvalue()
     raise TypeError(f"unsupported image type {type(image).__name__}")
 

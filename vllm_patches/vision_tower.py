@@ -1,7 +1,8 @@
 """InternViT-300M vision tower, VITA's ×0.5 pixel shuffle and the MLP projector, in plain torch.
 
 Parameter names are the released ones under ``model.vision_tower.vision_tower.`` so the checkpoint loads
-unchanged (architecture.md §1.4–1.5). Used inside the vLLM model and on its own (parity tests, bench).
+unchanged (docs/model.md, "Vision tower", "Pixel shuffle and projector"). Used inside the vLLM model
+and on its own (parity tests, bench).
 """
 
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Released VITA-1.5 checkpoint names → our module names (one table, used by vLLM and plain torch).
 
-The release stores everything under the HF ``VITAQwen2ForCausalLM`` names (architecture.md §1.2). We load
-those files unchanged and rename by prefix; the more specific prefixes come first.
+The release stores everything under the HF ``VITAQwen2ForCausalLM`` names (docs/model.md, "Checkpoint
+keys"). We load those files unchanged and rename by prefix; the more specific prefixes come first. The
+vLLM model wraps this table in a ``WeightsMapper``; the plain-torch model calls :func:`module_name`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,13 +46,6 @@ def module_name(checkpoint_key: str) -> str:
         if checkpoint_key.startswith(old):
             return new + checkpoint_key[len(old):]
     raise KeyError(f"unknown checkpoint key family: {checkpoint_key!r}")
-
-
-def renamed(weights: Iterable[tuple[str, torch.Tensor]]) -> Iterator[tuple[str, torch.Tensor]]:
-    """Rename a stream of ``(checkpoint_key, tensor)``, dropping the skipped keys."""
-    for key, tensor in weights:
-        if not is_skipped(key):
-            yield module_name(key), tensor
 
 
 def safetensors_files(folder: Path) -> list[Path]:

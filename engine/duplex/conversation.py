@@ -39,7 +39,8 @@ from engine.interface import (
 )
 from engine.llm.engine import LlmEngine, StreamEvent, TextChunk
 from engine.llm.errors import EngineDeadError, LlmError
-from engine.llm.prompt import SPOKEN, TYPED, ConversationHistory, StateTokenFilter, UserTurn
+from engine.llm.prompt import SPOKEN, TYPED, ConversationHistory, UserTurn
+from engine.llm.reply_text import ReplyTextDecoder
 from engine.speech.errors import SpeechCheckpointError, SpeechInputError
 from engine.speech.head import ReplySynthesizer
 
@@ -126,11 +127,16 @@ class DuplexConversation(Conversation):
             self._stop(turn)
 
     def playback_report(self, reply_id: str, samples_played: int) -> None:
-        """Remember how much of ``reply_id`` the client played (for the history after an interruption)."""
+        """Remember how much of ``reply_id`` the client played (for the history after an interruption).
+
+        Applied on the loop thread, where the history is built, so a report never races a prompt."""
+        self._engine.loop.call(self._record_playback, reply_id, int(samples_played))
+
+    def _record_playback(self, reply_id: str, samples_played: int) -> None:
         with self._lock:
             turn = self._turns.get(reply_id) or (self._last if self._last and self._last.reply_id == reply_id else None)
         if turn is not None:
-            turn.played = max(turn.played or 0, int(samples_played))
+            turn.played = max(turn.played or 0, samples_played)
 
     def reset(self) -> None:
         """Forget the history (on the loop, so it never races a prompt being built)."""
@@ -229,22 +235,24 @@ class DuplexConversation(Conversation):
         index = self._engine.live_index(prefer_not=self._generator)
         prompt = self._engine.builder.build(turn.user, self._history)
         first: int | None = None
+        judge = self._engine.judge
+        prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, *judge.prefix])
         async for event in self._stream(turn, index, prompt, f"{req.reply_id}-judge", max_new_tokens=1,
-                                        allowed_token_ids=self._engine.judge_ids):
+                                        allowed_token_ids=judge.allowed_token_ids):
             if isinstance(event, TextChunk) and event.token_ids and first is None:
                 first = event.token_ids[0]
                 turn.timings["judge"] = _ms(turn.t0)
         turn.judge_engine = index
-        state = self._engine.state_of(first)
+        state = judge.state_of(first)
         return state == SPOKEN, "state_token", SPOKEN
 
     def _take_over(self, turn: _Turn) -> None:
-        """The turn is addressed: stop older replies, commit the last answer as heard, swap roles."""
+        """The turn is addressed: commit the last answer as heard, swap roles.
+
+        Older replies are not stopped here: the session's turn machine owns a reply's lifecycle and
+        cancels them (:meth:`cancel`) when it acts on this verdict."""
         with self._lock:
-            older = [t for t in self._turns.values() if t is not turn and t.epoch < turn.epoch]
             last, self._last = self._last, turn
-        for other in older:
-            self._stop(other)
         if last is not None and last.user is not None:
             self._history.add(last.user, last.heard_text())
         if turn.judge_engine is not None:
@@ -256,7 +264,7 @@ class DuplexConversation(Conversation):
         self._generator = index
         prompt = eng.builder.build(turn.user, self._history)
         # The judged state token starts the answer, so the generator continues the monitor's verdict.
-        prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, eng.state_ids[state]])
+        prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, *eng.states.ids[state]])
         synth = eng.head.new_reply(req.reply_id, req.epoch, eng.tts_tokenizer, opts.tts_seed)
         turn.synth = synth
         if turn.stopped.is_set():
@@ -266,20 +274,14 @@ class DuplexConversation(Conversation):
                                   daemon=True)
         self._tts_threads = [t for t in self._tts_threads if t.is_alive()] + [worker]
         worker.start()
-        visible = StateTokenFilter()
+        visible = ReplyTextDecoder(eng.token_bytes)
         try:
             async for event in self._stream(turn, index, prompt, req.reply_id, max_new_tokens=opts.max_new_tokens):
-                if not isinstance(event, TextChunk):
+                if isinstance(event, TextChunk):
+                    self._show(turn, synth, visible.feed(event.token_ids))
+                else:
                     turn.timings["llm_tokens"] = float(event.generated_tokens)
-                    continue
-                text = visible.feed(event.text)
-                if not text:
-                    continue
-                turn.timings.setdefault("first_token", _ms(turn.t0))
-                turn.text.append(text)
-                self._emit(TextDelta(req.reply_id, req.epoch, text))
-                if opts.streaming and synth.push_text(text):  # the speech head's splitter says a clause is complete
-                    turn.timings.setdefault("first_clause", _ms(turn.t0))
+                    self._show(turn, synth, visible.flush())
         finally:
             if not opts.streaming and not turn.stopped.is_set():
                 synth.push_text("".join(turn.text))
@@ -292,6 +294,17 @@ class DuplexConversation(Conversation):
         turn.timings["total"] = _ms(turn.t0)
         reason = "cancelled" if turn.stopped.is_set() else "done"
         self._emit(ReplyEnd(req.reply_id, req.epoch, reason, dict(turn.timings)))
+
+    def _show(self, turn: _Turn, synth: ReplySynthesizer, text: str) -> None:
+        """Send visible reply text to the client and, when streaming, to the speech head."""
+        if not text:
+            return
+        req = turn.request
+        turn.timings.setdefault("first_token", _ms(turn.t0))
+        turn.text.append(text)
+        self._emit(TextDelta(req.reply_id, req.epoch, text))
+        if self._options.streaming and synth.push_text(text):  # the speech head's splitter: a clause is complete
+            turn.timings.setdefault("first_clause", _ms(turn.t0))
 
     def _speak(self, turn: _Turn, synth: ReplySynthesizer, done: asyncio.Future) -> None:
         """Speech worker thread: synthesise the reply's clauses and send the chunks as they come."""

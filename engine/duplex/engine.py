@@ -20,7 +20,8 @@ from engine.interface import Engine, EventSink
 from engine.llm.engine import LlmPool
 from engine.llm.errors import EngineDeadError
 from engine.llm.options import LlmOptions
-from engine.llm.prompt import STATE_TOKENS
+from engine.llm.reply_text import TokenBytes
+from engine.llm.state_tokens import StateTokens
 from engine.speech.head import SpeechHead
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,13 @@ class VitaEngine(Engine):
             # Built on the loop thread: AsyncLLM binds its output handler to the loop running where it is
             # made, and the caller's thread may be running some other loop (e.g. a test driver's).
             self.pool = self.loop.submit(_build_pool(llm_options)).result()
-            self.builder = self.pool.prompt_builder()
             tokenizer = self.pool.engines[0].tokenizer
-            self.state_ids = {tok: int(tokenizer.convert_tokens_to_ids(tok)) for tok in STATE_TOKENS}
-            self._states_by_id = {v: k for k, v in self.state_ids.items()}
-            self.judge_ids = [self.state_ids[s] for s in self.options.judge_states]
+            self.states = StateTokens.from_tokenizer(tokenizer)
+            """Each state token's spelling (one token in Qwen2.5's vocabulary; several in others)."""
+            self.judge = self.states.judge_plan(self.options.judge_states)
+            """The monitor's verdict: the states' shared prefix, then one distinguishing token."""
+            self.builder = self.pool.prompt_builder(self.states.ids)
+            self.token_bytes = TokenBytes.from_tokenizer(tokenizer)
             self.tts_tokenizer = _LockedTokenizer(tokenizer)
             device = torch.device(self.options.speech_device) if self.options.speech_device else None
             if (device is None and not torch.cuda.is_available()) or (device is not None and device.type == "cpu"):
@@ -91,10 +94,6 @@ class VitaEngine(Engine):
             return prefer  # type: ignore[return-value]
         others = [i for i in alive if i != prefer_not]
         return min(others or alive, key=lambda i: self.pool.engines[i].load)  # type: ignore[union-attr]
-
-    def state_of(self, token_id: int | None) -> str | None:
-        """The state token a generated id stands for (``None`` when it is not one)."""
-        return None if token_id is None else self._states_by_id.get(token_id)
 
     def health(self) -> dict[str, object]:
         """LLM pool health plus open conversations."""

@@ -14,21 +14,26 @@ or key.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from engine.llm import shipped_config as shipped
-from engine.llm.audio_features import Cmvn
 from engine.llm.errors import CheckpointError
+from vllm_patches.audio_features import Cmvn
 from vllm_patches.config import ARCHITECTURE, MODEL_TYPE
 from vllm_patches.weights import CMVN_PREFIX, safetensors_files
+
+log = logging.getLogger(__name__)
 
 Layout = Literal["release", "demo"]
 RELEASE_MODEL_TYPES = ("vita-Qwen2", "vita_qwen2")
 RELEASE_ARCHITECTURES = ("VITAQwen2ForCausalLM",)
-TOKENIZER_FILES = ("tokenizer_config.json",)
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "vocab.json", "merges.txt", "added_tokens.json",
+                   "special_tokens_map.json", "tokenizer.model")
+"""Every file a Hugging Face tokenizer may be made from (those present are linked, never copied)."""
 VISION_PREFIX = "model.vision_tower.vision_tower."
 AUDIO_PREFIX = "model.audio_encoder.encoder.enc."
 
@@ -48,9 +53,18 @@ class ResolvedCheckpoint:
         return self.folder / "vita_tts_ckpt"
 
     def write_served_config(self, out_dir: Path) -> Path:
-        """Write the served ``config.json`` into ``out_dir`` (our folder, never the user's)."""
+        """Write the served ``config.json`` into ``out_dir`` (our folder, never the user's), with links to
+        the checkpoint's tokenizer files.
+
+        vLLM loads the tokenizer from this folder too: loading it from the checkpoint makes transformers
+        parse the checkpoint's own ``config.json`` first, which the demo's folder declares as remote code
+        (``auto_map``) — an ERROR logged per process and a retry. Here it finds our config instead.
+        """
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(self.config, indent=1))
+        for name in TOKENIZER_FILES:
+            if (self.folder / name).is_file() and not (out_dir / name).exists():
+                (out_dir / name).symlink_to(self.folder / name)
         return out_dir
 
 
@@ -132,38 +146,42 @@ def _text_config(release: dict[str, Any], where: Path) -> dict[str, Any]:
     return text
 
 
-def _tokenizer_ids(folder: Path, names: tuple[str, ...]) -> dict[str, int]:
-    """Ids of added tokens ``names`` declared by the tokenizer files, if any."""
-    found: dict[str, int] = {}
-    cfg_path = folder / "tokenizer_config.json"
-    if cfg_path.is_file():
-        decoder = json.loads(cfg_path.read_text()).get("added_tokens_decoder", {})
-        found.update({v["content"]: int(k) for k, v in decoder.items() if v.get("content") in names})
-    added = folder / "added_tokens.json"
-    if added.is_file():
-        found.update({k: int(v) for k, v in json.loads(added.read_text()).items() if k in names})
-    fast = folder / "tokenizer.json"
-    if fast.is_file():
-        tokens = json.loads(fast.read_text()).get("added_tokens", [])
-        found.update({t["content"]: int(t["id"]) for t in tokens if t.get("content") in names})
-    return found
-
-
 def _cmvn(folder: Path, shapes: _TensorShapes) -> Cmvn:
-    """CMVN stats: the extractor JSON (demo), else the checkpoint buffers, else the encoder folder's file."""
+    """CMVN statistics from their exact source (docs/model.md, "Audio features").
+
+    1. the demo's ``feature_extractor/preprocessor_config.json`` (float32 values inline);
+    2. the release's ``audio-encoder-*/global_cmvn`` (WeNet sums, exact);
+    3. only as a fallback, the checkpoint's buffers ``…global_cmvn.mean/istd``: the release stores them in
+       bf16, which moves the features by up to ~2.5e-2, so a warning says so.
+    """
     extractor = folder / "feature_extractor" / "preprocessor_config.json"
     if extractor.is_file():
         data = _read_json(extractor)
         return Cmvn.from_lists(_require(data, "cmvn_means", extractor), _require(data, "cmvn_istds", extractor))
-    if CMVN_PREFIX + "mean" in shapes.shapes:
-        mean, istd = shapes.tensor(CMVN_PREFIX + "mean"), shapes.tensor(CMVN_PREFIX + "istd")
-        return Cmvn(mean.float().numpy(), istd.float().numpy())
     for stats in sorted(folder.glob("audio-encoder-*/global_cmvn")):
         data = _read_json(stats)
-        return Cmvn.from_kaldi_stats(data["mean_stat"], data["var_stat"], float(data["frame_num"]))
+        try:
+            return Cmvn.from_kaldi_stats(data["mean_stat"], data["var_stat"], float(data["frame_num"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{stats} is not a WeNet CMVN file (mean_stat/var_stat/frame_num): {exc}") from exc
+    if CMVN_PREFIX + "mean" in shapes.shapes:
+        mean, istd = shapes.tensor(CMVN_PREFIX + "mean"), shapes.tensor(CMVN_PREFIX + "istd")
+        log.warning("no exact CMVN statistics in %s (feature_extractor/preprocessor_config.json or "
+                    "audio-encoder-*/global_cmvn): using the checkpoint's %s buffers, whose precision "
+                    "shifts the audio features slightly", folder, str(mean.dtype).removeprefix("torch."))
+        return Cmvn(mean.float().numpy(), istd.float().numpy())
     raise CheckpointError(
-        f"no CMVN statistics in {folder}: expected feature_extractor/preprocessor_config.json, tensors "
-        f"{CMVN_PREFIX}mean/istd, or audio-encoder-*/global_cmvn")
+        f"no CMVN statistics in {folder}: expected feature_extractor/preprocessor_config.json, "
+        f"audio-encoder-*/global_cmvn, or tensors {CMVN_PREFIX}mean/istd")
+
+
+def _declared_dtype(top: dict[str, Any], layout: Layout) -> str | None:
+    """The dtype the checkpoint declares (``dtype``/``torch_dtype``; the demo's lives in ``text_config``)."""
+    for cfg in (top, top.get("text_config") or {}) if layout == "demo" else (top,):
+        declared = cfg.get("dtype") or cfg.get("torch_dtype")
+        if declared:
+            return str(declared).removeprefix("torch.")
+    return None
 
 
 def _has_tokenizer(folder: Path) -> bool:
@@ -190,9 +208,6 @@ def resolve_checkpoint(folder: str | Path, *, max_dynamic_patch: int = 1) -> Res
         layout = "release"
         served = dict(shipped.TOP_LEVEL, text_config=_text_config(top, config_path),
                       vision_config=_vision_config(shapes), audio_config=_audio_config(shapes))
-        ids = _tokenizer_ids(folder, ("<image>", "<audio>"))
-        served["image_token_index"] = ids.get("<image>", shipped.IMAGE_TOKEN_INDEX)
-        served["audio_token_index"] = ids.get("<audio>", shipped.AUDIO_TOKEN_INDEX)
     else:
         raise CheckpointError(
             f"unknown checkpoint layout in {folder}: config.json is neither the VITA-1.5 release config "
@@ -202,6 +217,8 @@ def resolve_checkpoint(folder: str | Path, *, max_dynamic_patch: int = 1) -> Res
         if not 0 <= int(served[key]) < vocab:
             raise CheckpointError(f"{key} {served[key]} is outside the vocabulary (size {vocab})")
     cmvn = _cmvn(folder, shapes)
+    if (dtype := _declared_dtype(top, layout)) is not None:
+        served["dtype"] = dtype  # vLLM's dtype="auto" serves what the checkpoint declares (bf16 for the release)
     served.update(
         model_type=MODEL_TYPE, architectures=[ARCHITECTURE], max_dynamic_patch=int(max_dynamic_patch),
         cmvn_means=cmvn.means.tolist(), cmvn_istds=cmvn.istds.tolist(), tie_word_embeddings=False)

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -21,11 +22,15 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from engine.llm.checkpoint import ResolvedCheckpoint, resolve_checkpoint
 from engine.llm.errors import EngineDeadError, InputError, LlmError
 from engine.llm.options import LlmOptions
 from engine.llm.prompt import BuiltPrompt, PromptBuilder, PromptIds
+
+WATCH_S = 0.5
+"""How often a request waiting for output checks that its engine-core process still runs."""
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +85,61 @@ class _Clock:
         return (self.tokens - 1) / (self.last - self.first)
 
 
+def _visible_entries(visible: str) -> list[str]:
+    """The devices a ``CUDA_VISIBLE_DEVICES`` value exposes, in order. As in CUDA, the list ends at the
+    first entry that is neither an index nor a ``GPU-``/``MIG-`` UUID (``0,-1,1`` exposes GPU 0 only)."""
+    entries = []
+    for raw in visible.split(","):
+        e = raw.strip()
+        if not ((e.isascii() and e.isdigit()) or (e.startswith(("GPU-", "MIG-")) and len(e) > 4)):
+            break
+        entries.append(e)
+    return entries
+
+
+def cuda_visible_devices_for(device: str | None, visible: str | None) -> str | None:
+    """The ``CUDA_VISIBLE_DEVICES`` value that pins a spawned engine to ``device``; ``None``: no pin.
+
+    ``device`` is ``cuda:N`` (N counts the GPUs this process sees, as torch does) or ``cuda:<UUID>``
+    (``GPU-…``/``MIG-…``); anything else (``None``, ``cpu``, plain ``cuda``) is not pinned. ``visible``
+    is the operator's ``CUDA_VISIBLE_DEVICES`` (``None`` when unset): with ``2,3``, ``cuda:0`` is
+    physical GPU 2 and ``cuda:1`` GPU 3, so the engine gets ``2`` or ``3``, never a GPU outside the list.
+    Raises ``ValueError`` for a malformed device or an index beyond the visible list.
+    """
+    if not device or not device.startswith("cuda:"):
+        return None
+    entry = device.split(":", 1)[1].strip()
+    entries = None if visible is None else _visible_entries(visible)
+    if entry.startswith(("GPU-", "MIG-")):
+        # CUDA accepts a unique prefix of a UUID, so either spelling may be the shorter one.
+        if entries is not None and not any(e.startswith(entry) or entry.startswith(e) for e in entries):
+            raise ValueError(f"device {device}: {entry} is not in CUDA_VISIBLE_DEVICES={visible!r}")
+        return entry
+    if not (entry.isascii() and entry.isdigit()):
+        raise ValueError(f"device {device!r}: expected cuda:N (N = 0, 1, …) or cuda:GPU-<uuid> / cuda:MIG-<uuid>")
+    index = int(entry)
+    if entries is None:
+        return str(index)
+    if index >= len(entries):
+        seen = f"cuda:0…cuda:{len(entries) - 1}" if entries else "no GPU"
+        raise ValueError(f"device {device}: CUDA_VISIBLE_DEVICES={visible!r} makes {len(entries)} GPU(s) "
+                         f"visible ({seen}); cuda:N counts within that list")
+    return entries[index]
+
+
 @contextlib.contextmanager
 def _visible_device(device: str | None) -> Iterator[None]:
-    """Pin the engine's spawned processes to one CUDA device (they inherit the environment at spawn)."""
-    if not device or not device.startswith("cuda:"):
+    """Pin the engine's spawned processes to one CUDA device (they inherit the environment at spawn).
+
+    ``cuda:N`` is mapped through an existing ``CUDA_VISIBLE_DEVICES`` (see :func:`cuda_visible_devices_for`);
+    the operator's value is restored afterwards.
+    """
+    old = os.environ.get("CUDA_VISIBLE_DEVICES")
+    pinned = cuda_visible_devices_for(device, old)
+    if pinned is None:
         yield
         return
-    old = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+    os.environ["CUDA_VISIBLE_DEVICES"] = pinned
     try:
         yield
     finally:
@@ -112,6 +164,7 @@ class LlmEngine:
         resolved.write_served_config(self._config_dir)
         args = AsyncEngineArgs(
             model=str(resolved.folder), hf_config_path=str(self._config_dir),
+            tokenizer=str(self._config_dir) if resolved.has_tokenizer else None,
             skip_tokenizer_init=not resolved.has_tokenizer, dtype=options.dtype,
             enforce_eager=options.enforce_eager, max_model_len=options.max_model_len,
             gpu_memory_utilization=options.gpu_memory_share, kv_cache_memory_bytes=options.kv_cache_memory_bytes,
@@ -151,7 +204,7 @@ class LlmEngine:
     def _check_alive(self) -> None:
         if self._closed:
             raise EngineDeadError(f"engine {self.name} is closed")
-        if self._dead is None and self._llm.errored:
+        if self._dead is None and (self._llm.errored or not self._core_processes_alive()):
             self._dead = "the vLLM engine core stopped"
         if self._dead is not None:
             raise EngineDeadError(f"engine {self.name} is dead ({self._dead}); restart it")
@@ -187,8 +240,8 @@ class LlmEngine:
         clock, reason, prompt_len = _Clock(), "abort", len(prompt.token_ids)
         self._active.add(request_id)
         try:
-            async for out in self._llm.generate(request, self._sampling(max_new_tokens, ignore_eos, allowed_token_ids),
-                                                request_id=request_id):
+            async for out in self._watched(request, self._sampling(max_new_tokens, ignore_eos, allowed_token_ids),
+                                           request_id):
                 if out.prompt_token_ids is not None:
                     prompt_len = len(out.prompt_token_ids)
                 completion = out.outputs[0]
@@ -216,12 +269,63 @@ class LlmEngine:
         if self._dead is None and not self._closed and request_id in self._active:
             await self._llm.abort(request_id)
 
+    async def _watched(self, request: dict[str, object], params: Any, request_id: str) -> AsyncIterator[Any]:
+        """``AsyncLLM.generate`` outputs, with the core process watched meanwhile.
+
+        A core killed before vLLM's output handler has anything to wait for is noticed by vLLM late or
+        never, and the request would wait forever: here a dead core ends the wait within ``WATCH_S``.
+        Leaving early (abort, error) cancels the generation, which makes vLLM abort the request.
+        """
+        from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
+
+        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        end = object()
+
+        async def pump() -> None:
+            try:
+                async for out in self._llm.generate(request, params, request_id=request_id):
+                    outputs.put_nowait(out)
+                outputs.put_nowait(end)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # handed to the consumer, raised there
+                outputs.put_nowait(exc)
+
+        task = asyncio.create_task(pump(), name=f"vllm-{request_id}")
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(outputs.get(), WATCH_S)
+                except TimeoutError:
+                    if not self._core_processes_alive():
+                        raise VllmEngineDead("the engine core process exited") from None
+                    continue
+                if item is end:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            task.cancel()
+
     def health(self) -> dict[str, object]:
         """``ok``, in-flight requests, start time, and why the engine is dead if it is."""
-        if self._dead is None and not self._closed and self._llm.errored:
+        if self._dead is None and not self._closed and (self._llm.errored or not self._core_processes_alive()):
             self._dead = "the vLLM engine core stopped"
         return {"ok": self._dead is None and not self._closed, "name": self.name, "active": self.load,
                 "start_seconds": round(self.start_seconds, 2), "dead": self._dead}
+
+    def _core_processes_alive(self) -> bool:
+        """Whether every engine-core process still runs, asked of the OS now.
+
+        ``AsyncLLM.errored`` turns true only once vLLM's output handler has noticed the dead core, some
+        time after the process died; a health probe in between would report a dead engine as serving.
+        """
+        try:
+            processes = self._llm.engine_core.resources.engine_manager.processes
+        except AttributeError:  # another vLLM layout (e.g. in-process core): rely on ``errored`` alone
+            return True
+        return all(p.is_alive() for p in processes)
 
     def close(self) -> None:
         """Shut the engine down (idempotent) and remove our served-config folder."""
@@ -243,6 +347,8 @@ class LlmPool:
     def __init__(self, options: LlmOptions) -> None:
         self.options = options
         self.resolved = resolve_checkpoint(options.model_path, max_dynamic_patch=options.max_dynamic_patch)
+        for device in options.devices:  # a bad --devices fails before the first engine spends minutes starting
+            cuda_visible_devices_for(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.engines: list[LlmEngine] = []
         try:
             for i in range(options.num_engines):
@@ -253,8 +359,8 @@ class LlmPool:
             raise
         self._owner: dict[str, LlmEngine] = {}
 
-    def prompt_builder(self) -> PromptBuilder:
-        """A builder for this checkpoint (needs its tokenizer)."""
+    def prompt_builder(self, state_ids: dict[str, tuple[int, ...]] | None = None) -> PromptBuilder:
+        """A builder for this checkpoint (needs its tokenizer); ``state_ids`` spell the state tokens."""
         tokenizer = self.engines[0].tokenizer
         if tokenizer is None:
             raise InputError(f"{self.resolved.folder} has no tokenizer files; only token-id prompts can be served")
@@ -262,7 +368,7 @@ class LlmPool:
                         audio=int(self.resolved.config["audio_token_index"]),
                         im_end=int(tokenizer.convert_tokens_to_ids("<|im_end|>")))
         return PromptBuilder(tokenizer, ids, budget=self.options.prompt_budget, max_images=self.options.max_images,
-                             max_dynamic_patch=self.options.max_dynamic_patch)
+                             max_dynamic_patch=self.options.max_dynamic_patch, state_ids=state_ids)
 
     def _pick(self) -> LlmEngine:
         alive = [e for e in self.engines if e.health()["ok"]]

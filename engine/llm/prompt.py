@@ -16,9 +16,10 @@ from typing import Literal, Protocol
 import numpy as np
 from PIL import Image
 
-from engine.llm.audio_features import num_audio_tokens, validate_waveform
 from engine.llm.errors import ImageInputError, InputError, PromptTooLongError
-from engine.llm.image_preprocess import decode_image, plan_tiles
+from engine.llm.media import decode_image, validate_waveform
+from vllm_patches.audio_features import num_audio_tokens
+from vllm_patches.image_preprocess import plan_tiles
 
 SPOKEN, TYPED, NOT_ADDRESSED = "☞", "☜", "☟"
 """State tokens: the reply's first character says whether it answers speech, text, or nobody."""
@@ -128,8 +129,11 @@ class PromptBuilder:
     """Builds ChatML prompts as token ids, trimming history to the token budget."""
 
     def __init__(self, tokenizer: Tokenizer, ids: PromptIds, *, budget: int, max_images: int,
-                 max_dynamic_patch: int = 1) -> None:
+                 max_dynamic_patch: int = 1, state_ids: dict[str, tuple[int, ...]] | None = None) -> None:
         self.tokenizer = tokenizer
+        self.state_ids = state_ids or {}
+        """State token spellings; a past reply starts with its state's ids (encoding "☞" and the reply's
+        first word together could merge them into other tokens). Missing: encoded with the text."""
         self.ids = ids
         self.budget = budget
         self.max_images = max_images
@@ -175,8 +179,11 @@ class PromptBuilder:
         for past in reversed(history.exchanges if history else ()):
             user, media = self._user_block(past.audio, 0, past.text)
             state = SPOKEN if past.audio is not None else TYPED
-            reply = self._template("<|im_start|>assistant\n") + self._content(state + past.reply) + self._template(
-                "<|im_end|>\n")
+            if state in self.state_ids:
+                answer = list(self.state_ids[state]) + self._content(past.reply)
+            else:
+                answer = self._content(state + past.reply)
+            reply = self._template("<|im_start|>assistant\n") + answer + self._template("<|im_end|>\n")
             cost = len(user) + len(reply) + media
             if used + cost > self.budget:
                 break  # the oldest exchanges go first
@@ -186,24 +193,3 @@ class PromptBuilder:
         token_ids = system + [t for block, _, _ in blocks for t in block] + current + tail
         audios = [a for _, a, _ in blocks if a is not None] + ([audio] if audio is not None else [])
         return BuiltPrompt(token_ids, images, audios, used, len(blocks))
-
-
-class StateTokenFilter:
-    """Strips the leading state token (and the spaces after it) from a streamed reply; records which."""
-
-    def __init__(self) -> None:
-        self.state: str | None = None
-        self._head = True  # still before the first visible character
-
-    def feed(self, delta: str) -> str:
-        """Visible text of ``delta``."""
-        if not self._head:
-            return delta
-        stripped = delta.lstrip()
-        if stripped and self.state is None and stripped[0] in STATE_TOKENS:
-            self.state = stripped[0]
-            stripped = stripped[1:].lstrip()
-        if not stripped:
-            return ""
-        self._head = False
-        return stripped if self.state is not None else delta

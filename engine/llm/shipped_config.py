@@ -1,4 +1,4 @@
-"""The vLLM-side VITA-1.5 configuration values that the HF release lacks (architecture.md §1.1).
+"""The vLLM-side VITA-1.5 configuration values that the HF release lacks (docs/model.md, "Config values").
 
 The public demo copies these from its GitHub folder over the checkpoint; we ship them instead. Text
 geometry comes from the release's own ``config.json``; tower geometry defaults to these values and is

@@ -2,17 +2,74 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import pickle
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from engine.speech.errors import SpeechCheckpointError
 
 StateDict = dict[str, torch.Tensor]
+log = logging.getLogger(__name__)
+
+TRUST_OPTION = "--trust_checkpoint_pickles (SpeechOptions.trust_checkpoint_pickles)"
+"""How the error message names the opt-in to full unpickling."""
+
+
+def _numpy_scalar_rebuilder() -> object:
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 1.26 / 2.x
+    except ImportError:  # pragma: no cover - numpy < 1.26
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
+def _training_globals() -> list[object | tuple[object, str]]:
+    """The pickled objects besides tensors that Freeze-Omni/wenet-style training writes into ``final.pt``.
+
+    Their training loops save ``{"model": state_dict, …}`` plus bookkeeping. ``torch.load(weights_only=True)``
+    already accepts dicts, lists, tuples, str/int/float/bool/None, ``collections.OrderedDict`` (what
+    ``state_dict()`` returns), ``torch.Size``/dtypes and tensors, so ``torch.optim`` state
+    (``{"state": {i: {"step", "exp_avg", …}}, "param_groups": [...]}``) and HiFi-GAN style
+    ``{"steps": int, "epoch": int}`` need nothing. Only these are added, none of which runs code:
+    """
+    scalar = _numpy_scalar_rebuilder()
+    return [
+        argparse.Namespace,  # ckpt["args"]: the training command line (wenet/fairseq habit); attributes only
+        (scalar, "numpy.core.multiarray.scalar"),  # numpy scalars (epoch, step, loss) as numpy 1.x pickles them
+        (scalar, "numpy._core.multiarray.scalar"),  # … and as numpy 2.x pickles them
+        np.dtype,  # the scalar's dtype, rebuilt from its type code ('<i8', …)
+        # numpy >= 1.25 rebuilds that dtype as an instance of its class (np.dtypes.Int64DType …), and the
+        # weights-only unpickler sets its state only for allow-listed classes: the dtypes of such bookkeeping
+        *(type(np.dtype(t)) for t in (np.int64, np.int32, np.float64, np.float32, np.bool_)),
+    ]
+
+
+def _global_name(entry: object | tuple[object, str]) -> str:
+    if isinstance(entry, tuple):
+        return entry[1]
+    return f"{entry.__module__}.{entry.__qualname__}"  # type: ignore[attr-defined]
+
+
+def _refused_globals(path: Path, exc: BaseException) -> list[str]:
+    """Globals of ``path`` outside torch's default allow-list and ours (empty: not a pickling matter)."""
+    allowed = {_global_name(g) for g in _training_globals()}
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):
+        names = []
+    refused = [n for n in names if n not in allowed]
+    if not refused:  # e.g. a legacy (non-zip) file: take the name from torch's message
+        refused = re.findall(r"GLOBAL (\S+) was not an allowed global|but got <class '([^']+)'>", str(exc))
+        refused = [a or b for a, b in refused]  # type: ignore[misc]
+    return refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,14 +89,42 @@ def freeze_for_inference(module: nn.Module) -> None:
     module.requires_grad_(False)
 
 
-def read_torch_file(path: Path) -> object:
-    """``torch.load`` on CPU with tensors only (no arbitrary unpickling), with typed errors."""
+def read_torch_file(path: Path, trust_pickles: bool = False) -> object:
+    """``torch.load`` on CPU without arbitrary unpickling, with typed errors.
+
+    Tensors-only first; then with the short allow-list of :func:`_training_globals` (numpy scalars,
+    ``argparse.Namespace``). A file holding anything else is refused with a :class:`SpeechCheckpointError`
+    naming the file, the refused globals and the option; with ``trust_pickles`` it is unpickled in full
+    (which can run code from the file) after a WARNING naming the file.
+    """
     if not path.is_file():
         raise SpeechCheckpointError(f"missing {path}")
+    unreadable = f"{path} is not a readable torch checkpoint"
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # pickled objects besides tensors: try the allow-list below
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise SpeechCheckpointError(f"{unreadable}: {exc}") from exc
+    try:
+        with torch.serialization.safe_globals(_training_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise SpeechCheckpointError(f"{path} is not a readable torch checkpoint: {exc}") from exc
+        refused = _refused_globals(path, exc) if isinstance(exc, pickle.UnpicklingError) else []
+        if not refused:
+            raise SpeechCheckpointError(f"{unreadable}: {exc}") from exc
+        if not trust_pickles:
+            raise SpeechCheckpointError(
+                f"{path} holds pickled objects that are not plain weights or training bookkeeping; refused "
+                f"global(s): {', '.join(refused)}. Unpickling them could run code from the file. If you trust "
+                f"this file, start with {TRUST_OPTION} to unpickle it in full"
+            ) from None
+    log.warning("unpickling %s in full (it holds %s) because trust_checkpoint_pickles is set: this can run "
+                "code from the file", path, ", ".join(refused))
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # arbitrary unpickling can fail in arbitrary ways (missing class, …)
+        raise SpeechCheckpointError(f"{path}: full unpickling failed ({type(exc).__name__}: {exc})") from exc
 
 
 def as_state_dict(obj: object, path: Path, key: str | None = None) -> StateDict:

@@ -1,6 +1,6 @@
 """The TiCodec vocoder's decoder side: codebook lookup + HiFi-GAN-style generator, 600 samples per code.
 
-Weight-normed convolutions are folded to plain weights at load (architecture.md §3.2), so inference runs
+Weight-normed convolutions are folded to plain weights at load (docs/model.md, "Codec"), so inference runs
 ordinary ``Conv1d`` / ``ConvTranspose1d`` layers. The encoder stored in the released file is not needed.
 """
 
@@ -116,12 +116,12 @@ class Codec(nn.Module):
         freeze_for_inference(self)
 
     @classmethod
-    def from_files(cls, folder: Path) -> tuple[Codec, LoadReport]:
+    def from_files(cls, folder: Path, trust_pickles: bool = False) -> tuple[Codec, LoadReport]:
         """Load ``folder/model.json`` + ``folder/final.pt`` (``generator`` and ``quantizer``; any encoder is skipped)."""
         cfg = CodecConfig.from_json(folder / "model.json")
         model = cls(cfg)
         path = folder / "final.pt"
-        raw = read_torch_file(path)
+        raw = read_torch_file(path, trust_pickles)
         if not isinstance(raw, dict):
             raise SpeechCheckpointError(f"{path}: expected a dict with 'generator' and 'quantizer'")
         gen, origins = fold_all_weight_norms(as_state_dict(raw, path, "generator"), path)

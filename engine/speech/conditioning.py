@@ -2,7 +2,7 @@
 
 The demo instantiated the whole 7B model to get one table. Here only the needed rows of
 ``model.embed_tokens.weight`` are read (lazily, through ``safe_open`` slices) and upcast to fp32, then
-cut token-major into ``4N × d/4`` slices (architecture.md §2.4).
+cut token-major into ``4N × d/4`` slices (docs/model.md, "Speech conditioning").
 """
 
 from __future__ import annotations

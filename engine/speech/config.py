@@ -1,7 +1,8 @@
 """Typed views of ``vita_tts_ckpt/{decoder,codec}/model.json`` and the speech-head options.
 
 Only the keys that the released inference code reads are parsed; every other key is ignored, as the
-reference does (architecture.md §2.1, §3.1). Sizes are never hard-coded: they come from the JSON.
+reference does (docs/model.md, "Speech decoder config", "Codec"). Sizes are never hard-coded: they
+come from the JSON.
 """
 
 from __future__ import annotations
@@ -109,7 +110,8 @@ class DecoderConfig:
             output_dim=_int(args, "encoder_output_dim", path),
             prefix_layers=bool(args.get("kv_cache_prefix_finetune", 0)),
         )
-        # The BOS embedding and the conditioning slices enter the Llama layers directly (§2.1).
+        # The BOS embedding and the conditioning slices enter the Llama layers directly
+        # (docs/model.md, "Speech decoder config").
         if cfg.hidden != cfg.idim or cfg.output_dim != cfg.hidden:
             raise SpeechCheckpointError(
                 f"{path}: transformer_attention_dim ({cfg.hidden}) and encoder_output_dim "

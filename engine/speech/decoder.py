@@ -1,8 +1,8 @@
 """The NAR + AR Llama speech decoder (``LLM2TTSCodecAR``) in plain torch, with a KV cache.
 
-Maths follow architecture.md §2.5: RMSNorm with fp32 statistics, rotate-half RoPE (θ 10⁴) computed in
-fp32, eager attention with an fp32 softmax, SiLU-gated MLP. The NAR ``pre_nn`` stack and the prefix pass
-are bidirectional (no mask); each generated code attends to the whole cache and itself.
+Maths follow docs/model.md, "Speech decoder": RMSNorm with fp32 statistics, rotate-half RoPE (θ 10⁴)
+computed in fp32, eager attention with an fp32 softmax, SiLU-gated MLP. The NAR ``pre_nn`` stack and the
+prefix pass are bidirectional (no mask); each generated code attends to the whole cache and itself.
 """
 
 from __future__ import annotations
@@ -189,12 +189,12 @@ class SpeechDecoder(nn.Module):
         freeze_for_inference(self)
 
     @classmethod
-    def from_files(cls, folder: Path) -> tuple[SpeechDecoder, LoadReport]:
+    def from_files(cls, folder: Path, trust_pickles: bool = False) -> tuple[SpeechDecoder, LoadReport]:
         """Load ``folder/model.json`` + ``folder/final.pt``; ``layers_prefix.*`` is knowingly unused."""
         cfg = DecoderConfig.from_json(folder / "model.json")
         model = cls(cfg)
         path = folder / "final.pt"
-        state = as_state_dict(read_torch_file(path), path)
+        state = as_state_dict(read_torch_file(path, trust_pickles), path)
         report = load_strict(model, {k: v.float() for k, v in state.items()}, path, skip_prefixes=("layers_prefix.",))
         return model, report
 

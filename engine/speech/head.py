@@ -89,8 +89,9 @@ class SpeechHead:
         """
         dev = torch.device(device) if device is not None else default_device()
         tts_folder = Path(tts_folder)
-        decoder, dec_report = SpeechDecoder.from_files(tts_folder / "decoder")
-        codec, codec_report = Codec.from_files(tts_folder / "codec")
+        trust = (options or SpeechOptions()).trust_checkpoint_pickles
+        decoder, dec_report = SpeechDecoder.from_files(tts_folder / "decoder", trust)
+        codec, codec_report = Codec.from_files(tts_folder / "codec", trust)
         decoder.to(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
         codec.to(dev)
         table = EmbeddingTable.from_checkpoint(Path(llm_folder)) if llm_folder is not None else None

@@ -13,7 +13,7 @@ StreamMode = Literal["fast", "reference"]
 
 @dataclass(frozen=True, slots=True)
 class ReferenceStreamOptions:
-    """The public demo's chunker settings (architecture.md §2.6), for the ``reference`` stream mode."""
+    """The public demo's chunker settings (docs/model.md, "Reference chunker"), for ``reference`` mode."""
 
     first_chunk_codes: int = 20
     later_chunk_codes: int = 40
@@ -43,6 +43,12 @@ class SpeechOptions:
     streaming: StreamingOptions = field(default_factory=StreamingOptions)
     reference: ReferenceStreamOptions = field(default_factory=ReferenceStreamOptions)
     clauses: ClauseOptions = field(default_factory=ClauseOptions)
+    trust_checkpoint_pickles: bool = False
+    """The ``vita_tts_ckpt`` ``final.pt`` files are read without arbitrary unpickling: tensors, plain
+    containers and a short allow-list of training bookkeeping (numpy scalars, ``argparse.Namespace``; see
+    ``engine.speech.checkpoint``). A file holding any other pickled object is refused with an error naming
+    it. ``True`` unpickles such a file in full instead (logged as a WARNING naming the file): pickles can run
+    code, so set it only for files from a source you trust."""
 
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.max_codes < 1 or self.max_seconds_per_token <= 0:

@@ -11,7 +11,7 @@ def undecodable_mask(cfg: DecoderConfig, n_codec_codes: int) -> torch.Tensor:
     """True for every id the codec cannot turn into sound, except EOS (which ends the utterance).
 
     The reference samples over all ``vocab`` ids, so BOS/SOS/PAD could reach the codec and index past
-    its codebook (architecture.md §2.5 hazard); masking them is a deliberate deviation.
+    its codebook (docs/model.md, "Speech decoder", hazard); masking them is a deliberate deviation.
     """
     mask = torch.ones(cfg.vocab, dtype=torch.bool)
     mask[: min(cfg.odim, n_codec_codes)] = False

@@ -4,7 +4,7 @@ Two chunkers share one interface (``push`` a code, ``finish`` at EOS; both retur
 that became ready):
 
 * :class:`ReferenceChunker` reproduces the public demo's ``llm2TTS.run`` exactly (window sizes, context
-  handling and the seam search, with the end-of-range quirk of reference-parity README §5). It needs 30
+  handling and the seam search, with its end-of-range quirk: docs/model.md, "Reference chunker"). It needs 30
   codes before the first sound for a first sentence and 50 otherwise.
 * :class:`StreamingVocoder` is the project's default: a short first window (10 codes with the default
   options), windows that grow afterwards, left context + right look-ahead around every window, and a

@@ -120,3 +120,29 @@ def test_seam_search_end_index_follows_the_reference_quirk() -> None:
     k = decision.window_start - (6000 - 1200)
     assert decision.search_end == min(12000, decision.window_start + k + 2401)
     assert decision.cut_index == 11900
+
+
+def test_teacher_forced_logits_in_bf16_the_dtype_served_on_cuda(parity_dir: Path, golden) -> None:
+    """bf16 (what the speech head uses on CUDA) stays within a tolerance derived from its rounding.
+
+    bf16 keeps 8 significant bits: unit roundoff u = 2^-8. Each AR step runs ``num_blocks`` blocks of four
+    bf16 matmuls (QKV, output, gate/up, down) and the head: 4·B + 1 results rounded, each by at most u
+    relative. Adding those bounds linearly (no cancellation assumed) gives (4·B + 1)·u relative to the
+    logits' scale, max(1, max|golden|). The top-1 code must match wherever the golden's top-2 margin is
+    larger than that tolerance.
+    """
+    decoder, _ = SpeechDecoder.from_files(parity_dir / "tts_decoder")
+    decoder.to(torch.bfloat16)
+    codes, want = golden("codes.npy"), golden("ar_logits_teacher_forced.npy")
+    state = decoder.start(torch.from_numpy(golden("decoder_input.npy")[0]), len(codes))
+    rows, token = [], decoder.cfg.sos
+    for code in codes:
+        rows.append(decoder.step(state, token).float())
+        token = int(code)
+    logits = torch.stack(rows).numpy()
+    tolerance = (4 * decoder.cfg.num_blocks + 1) * 2.0**-8 * max(1.0, float(np.abs(want).max()))
+    assert np.abs(logits - want).max() <= tolerance
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > tolerance
+    np.testing.assert_array_equal(logits.argmax(-1)[clear], want.argmax(-1)[clear])
+    assert clear.sum() >= len(codes) // 4  # the check is not vacuous (random weights: many near-ties)

@@ -1,10 +1,13 @@
-"""Audio → 80-bin Kaldi fbank → global CMVN, as the VITA-1.5 reference (architecture.md §1.8).
+"""Audio → 80-bin Kaldi fbank → global CMVN, as the VITA-1.5 reference (docs/model.md, "Audio features").
 
 The reference calls ``torchaudio.compliance.kaldi.fbank`` on the waveform scaled by 32768. torchaudio is
 not installable here (CUDA builds), so this module re-states that computation in the same torch float32
 operations, which reproduces the reference goldens bitwise. The maintained ``kaldi-native-fbank`` library
 was measured too: it differs by up to 1.07e-3 (log units) at near-silent bins, just above the 1e-3
 tolerance of the parity goldens, so it is not used. Dither is 0: inference must be deterministic.
+
+This is the model side only: the engine checks user audio first (``engine.llm.media.validate_waveform``,
+typed errors); here a clip that cannot become a single token is a plain ``ValueError``.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-
-from engine.llm.errors import AudioInputError
 
 SAMPLE_RATE = 16_000
 FRAME_LENGTH = 400  # 25 ms
@@ -29,8 +30,6 @@ MIN_SAMPLES = 1360
 """Shortest audio giving one LLM token (7 fbank frames); shorter audio is rejected."""
 MAX_AUDIO_SECONDS = 60.0
 """Longer audio is clamped to its last ``MAX_AUDIO_SECONDS`` (the end of an utterance matters most)."""
-SILENCE_PEAK = 1e-4
-"""Audio whose peak magnitude is below this (≈ −80 dBFS) is rejected as silent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,21 +79,9 @@ def max_audio_samples() -> int:
     return int(MAX_AUDIO_SECONDS * SAMPLE_RATE)
 
 
-def validate_waveform(waveform: np.ndarray) -> np.ndarray:
-    """Check a mono 16 kHz clip and apply the length clamp; typed errors for unusable audio."""
-    wave = np.asarray(waveform)
-    if wave.ndim != 1:
-        raise AudioInputError(f"audio must be mono 1-D, got shape {wave.shape}")
-    if not np.issubdtype(wave.dtype, np.floating):
-        raise AudioInputError(f"audio must be float samples in [-1, 1], got dtype {wave.dtype}")
-    if wave.size < MIN_SAMPLES:
-        raise AudioInputError(
-            f"audio too short: {wave.size} samples ({wave.size / SAMPLE_RATE:.3f} s); need ≥ {MIN_SAMPLES}")
-    if not np.all(np.isfinite(wave)):
-        raise AudioInputError("audio contains NaN or infinite samples")
-    if float(np.max(np.abs(wave))) < SILENCE_PEAK:
-        raise AudioInputError("audio is silent (peak below −80 dBFS)")
-    return wave[-max_audio_samples():].astype(np.float32, copy=False)
+def clamp_waveform(waveform: np.ndarray) -> np.ndarray:
+    """The documented length clamp: the last ``MAX_AUDIO_SECONDS`` of a clip, as float32."""
+    return np.asarray(waveform)[-max_audio_samples():].astype(np.float32, copy=False)
 
 
 def _mel_banks() -> torch.Tensor:
@@ -144,5 +131,8 @@ def apply_cmvn(fbank: np.ndarray, cmvn: Cmvn) -> np.ndarray:
 
 
 def waveform_to_features(waveform: np.ndarray, cmvn: Cmvn) -> np.ndarray:
-    """The full audio path: validate/clamp → fbank → CMVN; returns float32 [T, 80] with T ≥ 7."""
-    return apply_cmvn(kaldi_fbank(validate_waveform(waveform)), cmvn)
+    """The full audio path: clamp → fbank → CMVN; returns float32 [T, 80] with T ≥ 7 (at least one token)."""
+    wave = np.asarray(waveform)
+    if wave.ndim != 1 or wave.size < MIN_SAMPLES:
+        raise ValueError(f"audio must be a mono clip of ≥ {MIN_SAMPLES} samples, got shape {wave.shape}")
+    return apply_cmvn(kaldi_fbank(clamp_waveform(wave)), cmvn)

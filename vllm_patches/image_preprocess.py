@@ -1,29 +1,27 @@
-"""Image → 448² tiles → normalised pixel values, exactly as the VITA-1.5 reference (architecture.md §1.7).
+"""Image → 448² tiles → normalised pixel values, exactly as the VITA-1.5 reference (docs/model.md, "Images").
 
 InternVL dynamic tiling: pick the tile grid whose aspect ratio is closest to the image's, resize the whole
 image to that grid (PIL bicubic), cut it row-major and, when there is more than one tile, append a 448²
 thumbnail of the original. Pixels are ImageNet-normalised in float32. No torchvision.
+
+This is the model side only: decoding uploaded bytes, with typed errors and size limits, is the engine's
+(``engine.llm.media.decode_image``); here bad arguments are a plain ``ValueError``.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from engine.llm.errors import ImageInputError
+from PIL import Image
 
 TILE_SIZE = 448
 TOKENS_PER_TILE = 256
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
-MIN_IMAGE_SIDE = 2
-"""Smaller images are rejected: a 1-pixel side carries no picture (documented limit)."""
 
 # The reference sorts a Python set of grids by tile count; this is that exact order for max_num = 12
-# (architecture.md §1.7). Order matters: ties in aspect-ratio distance keep the earlier/later grid.
+# (docs/model.md, "Images"). Order matters: ties in aspect-ratio distance keep the earlier/later grid.
 _REFERENCE_GRID_ORDER_12: tuple[tuple[int, int], ...] = (
     (1, 1), (1, 2), (2, 1), (3, 1), (1, 3), (2, 2), (4, 1), (1, 4), (5, 1), (1, 5), (1, 6), (6, 1),
     (3, 2), (2, 3), (7, 1), (1, 7), (4, 2), (2, 4), (1, 8), (8, 1), (1, 9), (3, 3), (9, 1), (2, 5),
@@ -75,24 +73,6 @@ def plan_tiles(width: int, height: int, *, min_num: int = 1, max_num: int = 1,
     return TilePlan(cols, rows, thumbnail=use_thumbnail and cols * rows > 1)
 
 
-def decode_image(data: bytes | Image.Image) -> Image.Image:
-    """Decode JPEG/PNG bytes (or take a PIL image) as RGB; typed error for corrupt or degenerate input."""
-    if isinstance(data, Image.Image):
-        image = data
-    else:
-        if not data:
-            raise ImageInputError("image is empty (0 bytes)")
-        try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
-            raise ImageInputError(f"image could not be decoded: {exc}") from exc
-    width, height = image.size
-    if min(width, height) < MIN_IMAGE_SIDE:
-        raise ImageInputError(f"image {width}×{height} is too small (each side must be ≥ {MIN_IMAGE_SIDE} px)")
-    return image.convert("RGB")
-
-
 def tile_image(image: Image.Image, plan: TilePlan) -> list[Image.Image]:
     """Cut ``image`` into the 448² tiles of ``plan`` (row-major, thumbnail last)."""
     resized = image.resize((TILE_SIZE * plan.cols, TILE_SIZE * plan.rows), Image.Resampling.BICUBIC)
@@ -111,11 +91,11 @@ def normalize_tile(tile: Image.Image) -> np.ndarray:
     return ((pixels - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)
 
 
-def image_to_pixel_values(image: bytes | Image.Image, *, max_num: int = 1, min_num: int = 1,
+def image_to_pixel_values(image: Image.Image, *, max_num: int = 1, min_num: int = 1,
                           use_thumbnail: bool = True) -> np.ndarray:
-    """The full image path: decode → plan → tiles → pixel values ``[tiles, 3, 448, 448]`` float32."""
+    """The full image path: RGB → plan → tiles → pixel values ``[tiles, 3, 448, 448]`` float32."""
     if not 1 <= min_num <= max_num:
-        raise ImageInputError(f"need 1 ≤ min_dynamic_patch ≤ max_dynamic_patch, got {min_num}, {max_num}")
-    rgb = decode_image(image)
+        raise ValueError(f"need 1 ≤ min_dynamic_patch ≤ max_dynamic_patch, got {min_num}, {max_num}")
+    rgb = image.convert("RGB")
     plan = plan_tiles(*rgb.size, min_num=min_num, max_num=max_num, use_thumbnail=use_thumbnail)
     return np.stack([normalize_tile(t) for t in tile_image(rgb, plan)])
