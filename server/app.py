@@ -15,6 +15,7 @@ from socketio.exceptions import ConnectionRefusedError as SocketRefused  # carri
 
 from engine.interface import Engine
 from server import protocol as P
+from server.atomic_packets import make_packet_sends_atomic
 from server.metrics import ServerMetrics
 from server.options import ServerOptions
 from server.session import Session
@@ -63,6 +64,7 @@ def create_app(options: ServerOptions, engine: Engine, vad_model: SileroModel | 
         ping_interval=25,
         ping_timeout=20,
     )
+    make_packet_sends_atomic(socketio.server)
     sessions: dict[str, Session] = {}
     metrics = ServerMetrics(lambda: len(sessions), lambda: _engine_ok(engine))
     state = ServerState(options, engine, socketio, vad_model or shared_model(), metrics, sessions)
@@ -101,8 +103,11 @@ def _add_routes(app: Flask, state: ServerState) -> None:
         return Response(state.metrics.exposition(), mimetype="text/plain; version=0.0.4")
 
 
-def _guarded(state: ServerState, handler: Callable[[Session, Any], Any]) -> Callable[..., Any]:
-    """Run ``handler`` for the calling session; map bad input to an ``error`` event, never raise."""
+def _guarded(state: ServerState, handler: Callable[[Session, Any], Any], acked: bool = False) -> Callable[..., Any]:
+    """Run ``handler`` for the calling session; map bad input to an ``error`` event, never raise.
+
+    ``acked``: the event may carry an acknowledgement, which the library writes as soon as this returns;
+    the session's queued messages are written first, so the client reads them in the order they arose."""
 
     def run(data: Any = None, *_extra: Any) -> Any:
         session = state.sessions.get(request.sid)
@@ -117,6 +122,9 @@ def _guarded(state: ServerState, handler: Callable[[Session, Any], Any]) -> Call
             log.exception("session %s: handler failed", session.id)
             session.send_error("internal", "the server failed to handle that event; the session goes on")
             return {"ok": False, "code": "internal"}
+        finally:
+            if acked:
+                session.flush()
 
     return run
 
@@ -157,7 +165,7 @@ def _add_socket_handlers(socketio: SocketIO, state: ServerState) -> None:
 
     socketio.on(P.EV_AUDIO)(_guarded(state, Session.on_audio))
     socketio.on(P.EV_FRAME)(_guarded(state, Session.on_frame))
-    socketio.on(P.EV_CONTROL)(_guarded(state, Session.on_control))
+    socketio.on(P.EV_CONTROL)(_guarded(state, Session.on_control, acked=True))
 
     @socketio.on("*")
     def on_unknown(event: str, *args: Any) -> None:

@@ -51,6 +51,15 @@ class ProtocolError(ValueError):
         self.message = message
 
 
+MAX_ECHOED_CHARS = 100
+
+
+def cut(value: object, limit: int = MAX_ECHOED_CHARS) -> str:
+    """``value`` as text of at most ``limit`` characters: client strings echoed back or logged."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _as_bytes(data: Any, what: str) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
@@ -150,6 +159,8 @@ def parse_control(data: Any, max_text_chars: int) -> Control:
     if not isinstance(data, dict):
         raise ProtocolError("bad_type", f"control must be a JSON object, got {type(data).__name__}")
     kind = data.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("bad_control", f"control 'type' must be a string, got {type(kind).__name__}")
     if kind in _SIMPLE:
         return _SIMPLE[kind]
     if kind == "text":
@@ -167,7 +178,7 @@ def parse_control(data: Any, max_text_chars: int) -> Control:
             raise ProtocolError("bad_control", "playback control needs a non-negative integer 'samples'")
         return PlaybackControl(reply_id=reply_id, samples=samples)
     known = ", ".join([*_SIMPLE, "text", "playback"])
-    raise ProtocolError("bad_control", f"unknown control type {kind!r} (known: {known})")
+    raise ProtocolError("bad_control", f"unknown control type {cut(kind)!r} (known: {known})")
 
 
 # ---------------------------------------------------------------- server -> client messages

@@ -15,6 +15,33 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT_S = 10.0
 
 
+class SerialWriteSocket:
+    """A connection whose writes are serialised and complete (``send`` writes everything).
+
+    simple-websocket writes to the socket from two threads (the sender, and its reader thread answering
+    pings and close frames) and uses ``send`` without looking at how much was written. On a TLS socket two
+    concurrent ``SSL_write`` calls on one connection corrupt OpenSSL's record state (seen as
+    ``[SSL: BAD_LENGTH]`` and a dropped connection under load); a short write would silently cut a frame.
+    Reads stay concurrent (one reader thread), everything else is the wrapped socket's.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._write_lock = threading.Lock()
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        with self._write_lock:
+            self._sock.sendall(data, flags)
+        return len(data)
+
+    def sendall(self, data: bytes, flags: int = 0) -> None:
+        with self._write_lock:
+            self._sock.sendall(data, flags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class RealtimeRequestHandler(WSGIRequestHandler):
     """Sets TCP_NODELAY and finishes a deferred TLS handshake in the connection's own thread.
 
@@ -41,6 +68,8 @@ class RealtimeRequestHandler(WSGIRequestHandler):
                 return
             conn.settimeout(None)
         super().setup()
+        # Werkzeug hands ``self.connection`` to WebSocket upgrades as ``werkzeug.socket``.
+        self.connection = SerialWriteSocket(conn)
 
     def handle(self) -> None:
         if not self._skip:

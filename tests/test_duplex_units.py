@@ -181,7 +181,7 @@ def test_not_addressed_speech_pauses_then_resumes_the_reply(duplex_session):
     s.on_control({"type": "text", "text": "talk"})
     assert wait_until(lambda: "reply_audio" in wire.names())
     speak(s)
-    assert "pause" in wire.names() and len(conv.requests) == 2
+    assert wait_until(lambda: "pause" in wire.names()) and len(conv.requests) == 2
     conv.verdict(1, addressed=False)
     assert wait_until(lambda: "resume" in wire.names())
     names = wire.names()

@@ -83,7 +83,7 @@ def test_speech_while_the_tail_still_plays_pauses_then_interrupts(make_session):
     feed(s, load_wav("question_en")[12000:24000])  # ... but the client is still playing it
     # speech onset pauses the reply at once; nothing is cut before the utterance is judged
     first = wire.named("reply_start")[0][0]["reply_id"]
-    assert [a[0]["reply_id"] for a in wire.named("pause")] == [first]
+    assert wait_until(lambda: [a[0]["reply_id"] for a in wire.named("pause")] == [first])
     assert wire.named("interrupt") == [] and engine.conversations[0].cancels == []
     feed(s, np.zeros(16000, np.int16))  # the utterance ends; the (judgement-less) fake answers it
     assert wait_until(lambda: wire.named("interrupt"))
@@ -96,7 +96,7 @@ def test_no_interrupt_when_nothing_is_playing(make_session):
     s, engine, wire = make_session(Script(reply_seconds=0.2), playback_lead_ms=0)
     feed(s, speech_then_silence("question_en", silence_s=2.0))
     assert wait_until(lambda: wire.named("reply_end"))
-    assert wait_until(lambda: not s._audible(), timeout=3)
+    assert wait_until(lambda: not s.machine.audible(), timeout=3)
     feed(s, speech_then_silence("question_en"))
     assert wire.named("interrupt") == [] and engine.conversations[0].cancels == []
     assert len(engine.conversations[0].requests) == 2

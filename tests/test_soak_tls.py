@@ -1,0 +1,29 @@
+"""A bounded TLS soak (issue 9): 6 clients stream speech turns over ``wss://`` for 3 minutes; nothing drops.
+
+The long run (8 clients, 30 minutes) is ``bench/bench_soak.py``; this one has the same harness
+(:mod:`tests.fakes.soak`), the real server with its TLS context, and real Socket.IO clients in a child
+process. Before the fix, 2 of 6 such clients lost their connection within 330 s to
+``ssl.SSLError [SSL: BAD_LENGTH]`` in Engine.IO's writer thread.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fakes.soak import SoakConfig, run_soak
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+def test_six_wss_clients_for_three_minutes_drop_nothing() -> None:
+    result = run_soak(SoakConfig(clients=6, minutes=3.0, tls=True, sample_s=60.0), say=lambda _: None)
+    s = result["summary"]
+    assert result["client_failure"] is None, result["client_failure"]
+    assert s["turns"] >= 6 * 5, s  # every client really talked (a turn takes ~8 s with its reply)
+    assert s["dropped_connections"] == 0, result["drops"]
+    assert s["bad_length"] == 0 and s["server_thread_exceptions"] == 0, result["server_thread_exceptions"]
+    assert s["lost_turns"] == 0 and s["stalled_replies"] == 0 and s["seq_gaps"] == 0, (s, result["lost"])
+    assert s["bad_messages"] == 0 and s["ack_timeouts"] == 0, s
+    # Everything a connection had is gone once its client left.
+    assert s["sessions_left"] == 0 and s["conversations_left"] == 0, s
+    assert s["settled_after_s"] is not None, result["threads_not_there_at_start"]
