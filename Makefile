@@ -42,8 +42,10 @@ test-deps:
 test: install test-deps
 	$(PY) -m pytest $(ARGS)
 
+# ruff on everything; mypy on the product code (the files listed under [tool.mypy] in pyproject.toml).
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: install
 	$(PY) -m bench.run_all $(ARGS)

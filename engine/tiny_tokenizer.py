@@ -22,7 +22,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 QWEN_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -155,17 +155,19 @@ def write_qwen_tokenizer(out: Path, *, bpe_size: int, state_tokens: StateForm = 
     if len(bpe.vocab) != bpe_size:
         raise ValueError(f"BPE range came out at {len(bpe.vocab)} entries, not {bpe_size}")
     vocab, merges = bpe.vocab, bpe.merges
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token=None, pad_token=None, unk_token=None,
-                         bos_token=None, errors="replace")
+    # Any: transformers' stubs declare str for the special tokens; None leaves them unset here.
+    qwen: Any = Qwen2Tokenizer
+    tokenizer = qwen(vocab=vocab, merges=merges, eos_token=None, pad_token=None, unk_token=None, bos_token=None,
+                     errors="replace")
     # Added in Qwen's order first; naming EOS/PAD in the constructor would add those two ahead of the rest.
-    tok.add_tokens([AddedToken(t, special=t not in NOT_SPECIAL, normalized=False) for t in QWEN_SPECIAL_TOKENS],
+    tokenizer.add_tokens([AddedToken(t, special=t not in NOT_SPECIAL, normalized=False) for t in QWEN_SPECIAL_TOKENS],
                    special_tokens=False)
-    tok.eos_token, tok.pad_token = "<|im_end|>", "<|endoftext|>"
-    tok.model_max_length = 131072
+    tokenizer.eos_token, tokenizer.pad_token = "<|im_end|>", "<|endoftext|>"
+    tokenizer.model_max_length = 131072
     out.mkdir(parents=True, exist_ok=True)
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    tok.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
     added = json.loads((out / "tokenizer.json").read_text())["added_tokens"]
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -184,7 +186,7 @@ def write_qwen_tokenizer(out: Path, *, bpe_size: int, state_tokens: StateForm = 
     specials = {t["content"]: int(t["id"]) for t in added}
     if [specials[t] for t in QWEN_SPECIAL_TOKENS] != list(range(bpe_size, bpe_size + len(QWEN_SPECIAL_TOKENS))):
         raise ValueError("Qwen's special tokens must follow the BPE range in Qwen's order")
-    states = {s: tuple(tok.encode(s, add_special_tokens=False)) for s in STATE_TOKENS}
+    states = {s: tuple(tokenizer.encode(s, add_special_tokens=False)) for s in STATE_TOKENS}
     return TokenizerFacts(bpe_size, specials, states)
 
 

@@ -69,7 +69,8 @@ class OutputPacer:
         while self.backlog and not self.paused:
             item = self.backlog[0]
             if isinstance(item, ReplyEnd):
-                out.append(self.backlog.popleft())
+                self.backlog.popleft()
+                out.append(item)
                 continue
             if self.play_until - now > self.lead_s:
                 break

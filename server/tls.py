@@ -117,7 +117,7 @@ class DeferredHandshakeContext(ssl.SSLContext):
     The request handler completes the handshake in the connection's own thread instead.
     """
 
-    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, *args, **kwargs):  # type: ignore[override]
+    def wrap_socket(self, sock, server_side=False, do_handshake_on_connect=True, *args, **kwargs):
         return super().wrap_socket(
             sock, server_side, do_handshake_on_connect and not server_side, *args, **kwargs
         )

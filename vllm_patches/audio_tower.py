@@ -9,6 +9,7 @@ Inner layer names match the checkpoint (``self_attn.linear_q`` …) so the renam
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,7 @@ class WhaleEncoder(nn.Module):
         if t > self.geo.max_positions:
             raise ValueError(f"audio too long for the encoder: {t} frames > {self.geo.max_positions}")
         x = F.relu(self.embed_norm(self.embed_linear(x))) * math.sqrt(self.geo.hidden_size)
-        pos = self.positions[:, :t].to(x.dtype)
+        pos = cast(torch.Tensor, self.positions)[:, :t].to(x.dtype)
         for layer in self.layers:
             x = layer(x, pos, mask)
         return self.final_norm(x), mask

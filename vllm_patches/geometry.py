@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class VisionGeometry:
     downsample_ratio: float = 0.5
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, object], downsample_ratio: float = 0.5) -> VisionGeometry:
+    def from_config(cls, cfg: Mapping[str, Any], downsample_ratio: float = 0.5) -> VisionGeometry:
         """Take the keys of a ``vision_config`` dict (``vision_feature_layer`` −1 = all layers)."""
         return cls(
             hidden_size=int(cfg["hidden_size"]), num_layers=int(cfg["num_hidden_layers"]),
@@ -63,7 +64,7 @@ class AudioGeometry:
     max_positions: int = 5000
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, object]) -> AudioGeometry:
+    def from_config(cls, cfg: Mapping[str, Any]) -> AudioGeometry:
         """Take the keys of an ``audio_config`` dict."""
         return cls(
             input_dim=int(cfg.get("input_dim", 80)), hidden_size=int(cfg["hidden_size"]),

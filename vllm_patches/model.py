@@ -12,7 +12,7 @@ server engine.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, cast
 
 import torch
 from torch import nn
@@ -90,7 +90,7 @@ class VitaDuplexForConditionalGeneration(nn.Module, SupportsMultiModal):
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
-        cfg: VitaConfig = vllm_config.model_config.hf_config
+        cfg = cast(VitaConfig, vllm_config.model_config.hf_config)
         self.config = cfg
         hidden = cfg.text_config.hidden_size
         with self._mark_tower_model(vllm_config, "image"):
@@ -152,10 +152,12 @@ class VitaDuplexForConditionalGeneration(nn.Module, SupportsMultiModal):
                 inputs_embeds: torch.Tensor | None = None, **kwargs: object) -> torch.Tensor | IntermediateTensors:
         if intermediate_tensors is not None:
             inputs_embeds = None
-        return self.language_model.model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
+        model: Any = self.language_model.model  # vLLM's Qwen2Model (nn.Module attribute access types as Tensor)
+        return model(input_ids, positions, intermediate_tensors, inputs_embeds=inputs_embeds)
 
     def compute_logits(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
-        return self.language_model.compute_logits(hidden_states)
+        language_model: Any = self.language_model
+        return language_model.compute_logits(hidden_states)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         kept = ((key, tensor) for key, tensor in weights if not is_skipped(key))  # CMVN stats are no weights

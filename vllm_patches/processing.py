@@ -9,6 +9,7 @@ one token, and the demo inserts the ids directly.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,14 +97,14 @@ class VitaMultiModalProcessor(BaseMultiModalProcessor[VitaProcessingInfo]):
     def _call_hf_processor(self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]) -> BatchFeature:
         cfg = self.info.get_hf_config()
         out: dict[str, torch.Tensor] = {}
-        images = hf_data.get("images") or []
+        images: list[Any] = hf_data.get("images") or []  # type: ignore[assignment]
         if images:
             tiles = [image_to_pixel_values(_as_pil(img), max_num=cfg.max_dynamic_patch,
                                            min_num=cfg.min_dynamic_patch, use_thumbnail=cfg.use_thumbnail)
                      for img in images]
             out["pixel_values"] = torch.from_numpy(np.concatenate(tiles))
             out["image_num_tiles"] = torch.tensor([t.shape[0] for t in tiles])
-        clips = hf_data.get("audio") or []
+        clips: list[Any] = hf_data.get("audio") or []  # type: ignore[assignment]
         if clips:
             cmvn = self.info.cmvn()
             feats = [waveform_to_features(np.asarray(c, dtype=np.float32).reshape(-1), cmvn) for c in clips]
@@ -126,7 +127,8 @@ class VitaMultiModalProcessor(BaseMultiModalProcessor[VitaProcessingInfo]):
                             out_mm_kwargs: MultiModalKwargsItems) -> Sequence[PromptUpdate]:
         cfg = self.info.get_hf_config()
         data = out_mm_kwargs.get_data()
-        tiles, frames = data.get("image_num_tiles"), data.get("audio_num_frames")
+        tiles: Any = data.get("image_num_tiles")
+        frames: Any = data.get("audio_num_frames")
 
         def image_tokens(i: int) -> list[int]:
             return [cfg.image_token_index] * (TOKENS_PER_TILE * int(tiles[i]))

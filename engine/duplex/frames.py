@@ -32,8 +32,8 @@ def square_frame(jpeg: bytes, max_side: int) -> Image.Image:
     """Decode ``jpeg``, shrink it to ``max_side`` and pad it to a square, so the model's square tile
     does not stretch the picture."""
     try:
-        with Image.open(io.BytesIO(jpeg)) as im:
-            im = im.convert("RGB")
+        with Image.open(io.BytesIO(jpeg)) as src:
+            im = src.convert("RGB")
     except Exception as exc:  # PIL raises many types for corrupt data
         raise ImageInputError(f"camera frame cannot be decoded: {exc}") from exc
     im.thumbnail((max_side, max_side))

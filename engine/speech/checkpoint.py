@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,15 +24,15 @@ TRUST_OPTION = "--trust_checkpoint_pickles (SpeechOptions.trust_checkpoint_pickl
 """How the error message names the opt-in to full unpickling."""
 
 
-def _numpy_scalar_rebuilder() -> object:
+def _numpy_scalar_rebuilder() -> Any:
     try:
         from numpy._core.multiarray import scalar  # numpy >= 1.26 / 2.x
     except ImportError:  # pragma: no cover - numpy < 1.26
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
     return scalar
 
 
-def _training_globals() -> list[object | tuple[object, str]]:
+def _training_globals() -> list[Any]:
     """The pickled objects besides tensors that Freeze-Omni/wenet-style training writes into ``final.pt``.
 
     Their training loops save ``{"model": state_dict, …}`` plus bookkeeping. ``torch.load(weights_only=True)``
@@ -67,8 +68,8 @@ def _refused_globals(path: Path, exc: BaseException) -> list[str]:
         names = []
     refused = [n for n in names if n not in allowed]
     if not refused:  # e.g. a legacy (non-zip) file: take the name from torch's message
-        refused = re.findall(r"GLOBAL (\S+) was not an allowed global|but got <class '([^']+)'>", str(exc))
-        refused = [a or b for a, b in refused]  # type: ignore[misc]
+        found = re.findall(r"GLOBAL (\S+) was not an allowed global|but got <class '([^']+)'>", str(exc))
+        refused = [a or b for a, b in found]
     return refused
 
 

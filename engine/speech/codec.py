@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -150,7 +151,7 @@ class Codec(nn.Module):
     def voice_vector(self) -> torch.Tensor:
         """The fixed global-token vector [1, 128]: the eight codebook rows concatenated in order."""
         rows = [
-            book.embedding.weight[token]
+            cast(nn.Embedding, book.embedding).weight[token]
             for book, token in zip(self.quantizer.quantizer_modules_globaltokens, self.cfg.global_tokens, strict=True)
         ]
         return torch.cat(rows)[None]
@@ -163,6 +164,6 @@ class Codec(nn.Module):
             raise SpeechInputError("codec input must be a non-empty 1-D code sequence")
         if int(ids.min()) < 0 or int(ids.max()) >= self.cfg.n_codes:
             raise SpeechInputError(f"codes must lie in [0, {self.cfg.n_codes})")
-        latent = self.quantizer.quantizer_modules[0].embedding.weight[ids].T[None]
+        latent = cast(nn.Embedding, self.quantizer.quantizer_modules[0].embedding).weight[ids].T[None]
         wave = self.generator(latent, self.voice_vector())
         return wave[0, 0].float().cpu().numpy()

@@ -86,6 +86,7 @@ def _codec_state(cfg: CodecConfig, gen: torch.Generator) -> dict[str, dict[str, 
         # weight_g deliberately differs from ‖weight_v‖ so that loading must fold it.
         generator[f"{name}.weight_v"] = torch.randn(w.shape, generator=gen)
         generator[f"{name}.weight_g"] = gain * (0.75 + 0.5 * torch.rand((w.shape[0], 1, 1), generator=gen))
+        assert module.bias is not None  # every conv of the generator has one
         generator[f"{name}.bias"] = 0.05 * torch.randn(module.bias.shape, generator=gen)
     quantizer = {
         k: torch.randn(v.shape, generator=gen) for k, v in sorted(model.quantizer.state_dict().items())
