@@ -72,6 +72,7 @@ async def test_served_logprobs_match_reference_logits(engine: LlmEngine, mm: Pat
     errors = {key: abs(lp - golden[key]) for key, lp in served.items()}
     greedy = final.outputs[0].token_ids[0]
     if engine.options.dtype == "float32":
+        print(f"fp32 served: max |Δ logprob| {max(errors.values()):.3g}")
         assert max(errors.values()) <= 1e-5 * max(1.0, float(np.abs(golden).max())), max(errors.values())
         assert greedy == meta["llm"]["greedy_next_token"]
         return
