@@ -29,7 +29,15 @@ class VadOptions:
     min_speech_ms: float = _opt(
         160, "speech must last this long before 'speech start' is announced (filters clicks and coughs)"
     )
-    end_silence_ms: float = _opt(500, "silence after speech that ends the user's turn")
+    end_silence_ms: float = _opt(
+        500, "silence after speech that ends the user's turn, counted from where the voice stopped; the "
+        "decision falls on the next 32 ms window boundary, so it comes 0-32 ms after this much silence"
+    )
+    end_refine_db: float = _opt(
+        35, "the voice counts as stopped where 8 ms frames fall this many dB below the utterance's loud level "
+        "(95th percentile over its last second); Silero's probability lags the real end by 1-3 windows "
+        "(45-105 ms on the fixtures). 0 = take Silero's end as it is"
+    )
     preroll_ms: float = _opt(300, "audio kept before the detected speech start, inside the utterance")
     postroll_ms: float = _opt(100, "audio kept after the detected speech end, inside the utterance")
     max_utterance_s: float = _opt(30, "an utterance is cut (and handed over) once it reaches this length")

@@ -12,8 +12,13 @@ from typing import Literal
 
 import numpy as np
 
-from vad.options import WINDOW, VadOptions
+from vad.options import SAMPLE_RATE, WINDOW, VadOptions
 from vad.silero import SileroModel, SileroStream, shared_model
+
+REFINE_WINDOWS = 4
+"""How far back (in 32 ms windows) the end of speech may move from Silero's end (its lag is 1-3 windows)."""
+REFINE_FRAME = 128
+"""8 ms frames for the level check that refines the end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +85,7 @@ class UtteranceSegmenter:
         self._pos = 0  # samples consumed into windows so far
         self._start = 0
         self._silence_start: int | None = None
+        self._voice_end = 0  # where the voice stopped, refined from ``_silence_start`` (see _refined_end)
         self.last_probability = 0.0
 
     @property
@@ -125,6 +131,7 @@ class UtteranceSegmenter:
         elif p < o.neg_threshold:
             if self._silence_start is None:
                 self._silence_start = start_of_window
+                self._voice_end = self._refined_end(start_of_window)
         elif p >= o.threshold:
             self._silence_start = None  # the pause was inside the utterance
 
@@ -132,13 +139,37 @@ class UtteranceSegmenter:
             self._state, self._silence_start = _State.SPEECH, None
             event = SpeechStarted(start_sample=self._start, at_sample=self._pos)
         elif self._state is _State.SPEECH:
-            if self._silence_start is not None and self._pos - self._silence_start >= self._end_silence:
-                event = self._finish(self._silence_start, self._silence_start + self._postroll, "silence")
+            if self._silence_start is not None and self._pos - self._voice_end >= self._end_silence:
+                event = self._finish(self._voice_end, self._voice_end + self._postroll, "silence")
             elif self._pos - self._start + self._preroll >= self._max_len:
                 event = self._finish(self._pos, self._pos, "max_length")
 
         self._trim()
         return event
+
+    def _refined_end(self, silence_start: int) -> int:
+        """Where the voice really stopped, at most ``REFINE_WINDOWS`` windows before Silero's end.
+
+        Silero's probability lags the signal: it stays above the threshold for one to three windows after
+        the last sound. The end is moved back to the last 8 ms frame within ``end_refine_db`` of the
+        utterance's loud level. Noise above that level keeps Silero's end: never later than before.
+        """
+        o = self.options
+        if o.end_refine_db <= 0 or not self._windows:
+            return silence_start
+        audio = np.concatenate(self._windows)
+        rel = silence_start - self._windows_start
+        lowest = max(rel - REFINE_WINDOWS * WINDOW, self._start + self._min_speech - self._windows_start, 0)
+        reference = audio[max(0, rel - SAMPLE_RATE) : rel]
+        frames = reference[: reference.size // REFINE_FRAME * REFINE_FRAME].reshape(-1, REFINE_FRAME)
+        if lowest >= rel or frames.size == 0:
+            return silence_start
+        loud = float(np.percentile(np.sqrt((frames**2).mean(axis=1)), 95)) * 10 ** (-o.end_refine_db / 20)
+        tail = audio[rel - (rel - lowest) // REFINE_FRAME * REFINE_FRAME : rel].reshape(-1, REFINE_FRAME)
+        above = np.nonzero(np.sqrt((tail**2).mean(axis=1)) >= loud)[0]
+        if above.size == 0:
+            return silence_start - tail.size  # quiet all through the look-back: the voice ended before it
+        return silence_start - tail.size + int(above[-1] + 1) * REFINE_FRAME
 
     def _finish(self, end: int, audio_end: int, reason: Literal["silence", "max_length"]) -> SpeechEnded:
         audio_start = max(self._start - self._preroll, self._windows_start)
