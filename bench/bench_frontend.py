@@ -157,9 +157,9 @@ def browser_barge_in(runs: int) -> dict:
             try:
                 page = browser.new_context(ignore_https_errors=True).new_page()
                 page.goto(srv.url + "/")
-                page.wait_for_function("vita.stats.connected && vita.hello", timeout=10_000)
+                page.wait_for_function("() => vita.stats.connected && vita.hello", timeout=10_000)
                 page.click("#start")
-                page.wait_for_function("vita.stats.flushed.length >= 1", timeout=30_000)
+                page.wait_for_function("() => vita.stats.flushed.length >= 1", timeout=30_000)
                 st = page.evaluate("vita.stats")
             finally:
                 browser.close()

@@ -139,6 +139,31 @@ class Judgement:
 ReplyEvent = TextDelta | AudioChunk | ReplyEnd | EngineError | Judgement
 EventSink = Callable[[ReplyEvent], None]
 
+EngineState = Literal["starting", "ready", "restarting", "dead"]
+"""``starting``: being started (first start or a restart attempt); ``ready``: serving; ``restarting``: it
+died and waits out its backoff before the next start; ``dead``: no further restart (attempts exhausted,
+supervision off, or the server is shutting down)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """One model instance behind the engine (e.g. one vLLM engine), as health probes and metrics show it."""
+
+    name: str
+    state: EngineState
+    active: int = 0
+    """Requests in flight."""
+    restarts: int = 0
+    """Successful automatic restarts."""
+    restart_attempts: int = 0
+    """Restart attempts started (successful or not)."""
+    next_restart_s: float | None = None
+    """Seconds until the next restart attempt (``restarting`` only)."""
+    last_error: str | None = None
+    """Why it last died or failed to start."""
+    start_seconds: float | None = None
+    """How long its latest (re)start took."""
+
 
 class Conversation(abc.ABC):
     """One session's conversation with the engine; it owns that session's history."""
@@ -171,8 +196,17 @@ class Engine(abc.ABC):
         """Create the conversation of one session; ``sink`` receives its reply events."""
 
     def health(self) -> dict[str, object]:
-        """A JSON-able health report (``ok`` key required)."""
+        """A JSON-able health report: ``ok`` (required): it can answer now; ``live`` (optional, default
+        ``ok``): false only when it cannot recover without a server restart; ``engines``: per-instance
+        :class:`EngineStatus` as dicts."""
         return {"ok": True}
+
+    def statuses(self) -> tuple[EngineStatus, ...]:
+        """Each model instance's state (empty for an engine without separate instances)."""
+        return ()
+
+    def begin_shutdown(self) -> None:  # noqa: B027 - optional hook
+        """The server is draining: stop restarting failed instances (replies in flight go on)."""
 
     def notice(self) -> str | None:
         """A line every user should see on the page (e.g. "the weights are random"), or ``None``."""

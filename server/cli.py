@@ -8,10 +8,13 @@ request proxies. Keeping this module (and ``launch.py``) free of Flask imports a
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import ssl
 import sys
+import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,12 +25,14 @@ if TYPE_CHECKING:
     from flask import Flask
     from werkzeug.serving import BaseWSGIServer
 
+    from engine.llm.supervisor import SupervisionOptions
+    from server.drain import Drainer
+
 log = logging.getLogger("vita_duplex")
 
-RANDOM_WEIGHTS_NOTICE = (
-    "Demo mode: this server runs a tiny checkpoint with RANDOM weights, so replies are noise. "
-    "Start it with --model_path /path/to/VITA1.5 to talk to VITA-1.5."
-)
+RANDOM_WEIGHTS_NOTICE = "Demo mode: this server runs random weights, so the assistant's replies are noise."
+"""What every user of the default run sees (the page shows it); operator advice goes to the log instead."""
+RANDOM_WEIGHTS_ADVICE = "Operator: start the server with --model_path /path/to/VITA1.5 to talk to VITA-1.5."
 
 
 class EngineUnavailable(RuntimeError):
@@ -88,17 +93,30 @@ def load_engine(options: ServerOptions) -> Engine:
     except ImportError as exc:
         raise EngineUnavailable(f"the engine's dependencies are not installed: {exc}") from exc
     tiny = options.model_path is None
-    folder = tiny_checkpoint(Path(options.engine.tiny_dir).expanduser()) if tiny else Path(options.model_path)
+    folder = tiny_checkpoint(Path(options.engine.tiny_dir).expanduser()) if options.model_path is None \
+        else Path(options.model_path)
     if not folder.is_dir():
         raise EngineUnavailable(f"--model_path {folder} is not a folder")
     llm, duplex = llm_and_duplex_options(folder, options.engine, tiny)
     try:
-        engine = VitaEngine(llm, duplex)
+        supervision = supervision_options(options.engine)
+    except ValueError as exc:
+        raise EngineUnavailable(str(exc)) from exc
+    try:
+        engine = VitaEngine(llm, duplex, supervision)
     except Exception as exc:
         raise EngineUnavailable(f"cannot start VITA-1.5 from {folder}: {exc}") from exc
     if tiny:
         engine.notice_text = RANDOM_WEIGHTS_NOTICE
     return engine
+
+
+def supervision_options(eng: EngineOptions) -> SupervisionOptions:
+    """Map the --restart_* options onto the engine supervisor's (``engine.llm.supervisor``)."""
+    from engine.llm.supervisor import SupervisionOptions
+
+    return SupervisionOptions(enabled=not eng.no_restart, backoff_s=eng.restart_backoff_s,
+                              backoff_max_s=eng.restart_backoff_max_s, max_attempts=eng.restart_max_attempts)
 
 
 def tls_context(options: ServerOptions) -> ssl.SSLContext | None:
@@ -123,34 +141,90 @@ def build(options: ServerOptions, engine: Engine) -> tuple[Flask, BaseWSGIServer
     return app, build_server(app, options.ip, options.port, tls_context(options))
 
 
+class _SigtermDrain:
+    """SIGTERM while serving: the first one drains (``server.drain``) on a thread of its own, then stops the
+    HTTP server; a second one stops at once, as Ctrl-C does. The handler itself only starts things."""
+
+    def __init__(self, drainer: Drainer, server: BaseWSGIServer) -> None:
+        self._drainer = drainer
+        self._server = server
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        if self._thread is None:
+            log.info("SIGTERM: draining (a second SIGTERM stops at once)")
+            self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
+            self._thread.start()
+            return
+        self._drainer.abort()
+        raise KeyboardInterrupt
+
+    def _run(self) -> None:
+        try:
+            self._drainer.run()
+        except Exception:  # whatever failed, the server must still stop
+            log.exception("drain failed")
+        finally:
+            self._server.shutdown()  # serve_forever returns; serve() closes the rest
+
+    def join(self, timeout: float) -> None:
+        """Wait for the drain thread (if a drain began)."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
 def serve(options: ServerOptions, engine: Engine) -> None:
-    """Serve ``engine`` until Ctrl-C, then close the sessions and the engine."""
+    """Serve ``engine`` until SIGTERM (drained first) or Ctrl-C (at once); then close the sessions and the engine."""
     from server.app import server_state
+    from server.drain import Drainer
 
     app, server = build(options, engine)
     scheme = "http" if options.no_tls else "https"
     host = "localhost" if options.ip in ("0.0.0.0", "::", "127.0.0.1") else options.ip
     log.info("serving on %s://%s:%d/ (max %d users)", scheme, host, server.server_port, options.max_users)
     if notice := engine.notice():
-        print(f"\n{'=' * 78}\n  {notice}\n  Open {scheme}://{host}:{server.server_port}/\n{'=' * 78}\n",
+        advice = f"\n  {RANDOM_WEIGHTS_ADVICE}" if options.model_path is None else ""
+        print(f"\n{'=' * 78}\n  {notice}{advice}\n  Open {scheme}://{host}:{server.server_port}/\n{'=' * 78}\n",
               file=sys.stderr, flush=True)
+    on_sigterm = _SigtermDrain(Drainer(server_state(app), options.drain_s), server)
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         log.info("shutting down")
     finally:
+        # Closing the engines must not be cut short (their processes would be left behind): a SIGTERM now
+        # only gets logged; SIGKILL still ends everything.
+        signal.signal(signal.SIGTERM, lambda *_: log.info("SIGTERM: already shutting down"))
         server.server_close()
         server_state(app).close_all()
+        on_sigterm.join(10)
         engine.close()
+        signal.signal(signal.SIGTERM, previous)
+    log.info("stopped")
 
 
 def _stop_on_sigterm(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt  # `docker stop` / systemd: shut down as cleanly as on Ctrl-C
+    raise KeyboardInterrupt  # before serving (engine start): stop as on Ctrl-C; serve() drains instead
+
+
+def with_access_token(options: ServerOptions) -> ServerOptions:
+    """``options`` with the token from --access_token, --access_token_file or $VITA_ACCESS_TOKEN folded into
+    ``security.access_token``: read once, before the engine loads, so a bad file fails the start at once."""
+    from server.security import resolve_access_token
+
+    token = resolve_access_token(options.security, os.environ)
+    return replace(options, security=replace(options.security, access_token=token, access_token_file=None))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     options = parse_options(argv)
+    try:
+        options = with_access_token(options)
+    except ValueError as exc:
+        print(f"vita-duplex: cannot start: {exc}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     logging.basicConfig(level=options.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -158,5 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     except EngineUnavailable as exc:
         print(f"vita-duplex: cannot start: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # SIGTERM or Ctrl-C while the engine was starting: nothing to drain
+        log.info("stopped while starting")
+        return 0
     serve(options, engine)
     return 0

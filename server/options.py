@@ -38,6 +38,12 @@ class LimitOptions:
     )
     audio_burst_s: float = _opt(2.0, "seconds of mic audio that may arrive at once (network jitter)")
     max_frame_bytes: int = _opt(2_000_000, "largest camera JPEG accepted, in bytes")
+    max_frame_side: int = _opt(
+        1920, "widest or tallest camera frame accepted, in pixels (read from the JPEG header, before any decode)"
+    )
+    max_frame_pixels: int = _opt(
+        4_000_000, "most pixels (width x height) a camera frame may have (read from its header, before any decode)"
+    )
     frame_rate_factor: float = _opt(2.0, "camera frames accepted per second, as a multiple of --camera_fps")
     max_control_per_s: float = _opt(20, "JSON control events accepted per second (burst: twice that)")
     max_text_chars: int = _opt(2000, "longest typed question, in characters")
@@ -81,6 +87,35 @@ class EngineOptions:
         "besides weights and training bookkeeping; pickles can run code: only for files you trust"
     )
     tiny_dir: str = _opt(str(default_tiny_dir()), "where the random tiny checkpoint is made when no --model_path")
+    restart_backoff_s: float = _opt(
+        1.0, "seconds before a dead vLLM engine is restarted (the other keeps serving); doubled after each "
+        "failed attempt"
+    )
+    restart_backoff_max_s: float = _opt(30.0, "longest wait between restart attempts of a dead vLLM engine")
+    restart_max_attempts: int = _opt(
+        10, "consecutive failed restarts after which an engine is given up (/healthz then fails); 0 = never"
+    )
+    no_restart: bool = _opt(False, "leave a dead vLLM engine dead (until the server is restarted)")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityOptions:
+    """Who may reach the server: Host names it answers to and an optional access token (docs/protocol.md)."""
+
+    allowed_hosts: str = _opt(
+        "", "comma-separated extra Host names the server answers to (besides localhost, loopbacks, --ip, this "
+        "machine's names and any IP address); '.example.com' also matches subdomains; '*' accepts any Host "
+        "(only behind a proxy that checks it). Other Hosts get 400: protects against DNS rebinding"
+    )
+    # repr=False: the token must never show up in a log line or a traceback that prints the options
+    access_token: str | None = field(default=None, repr=False, metadata={"help": (
+        "token the page's socket and /metrics (Authorization: Bearer) must present; unset = no token. "
+        "Visible in the process list: prefer --access_token_file or $VITA_ACCESS_TOKEN")})
+    access_token_file: str | None = _opt(None, "file whose first line is the access token (see --access_token)")
+
+    def __post_init__(self) -> None:
+        if self.access_token and self.access_token_file:
+            raise ValueError("--access_token and --access_token_file contradict each other")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +127,14 @@ class ServerOptions:
     )
     ip: str = _opt("127.0.0.1", "address to listen on (0.0.0.0 for every interface)")
     port: int = _opt(8081, "TCP port (0 picks a free one)")
-    max_users: int = _opt(2, "concurrent sessions; extra clients are refused with a reason")
+    max_users: int = _opt(2, "concurrent sessions; extra clients wait in the queue (--queue_size), then are refused")
+    queue_size: int = _opt(
+        10, "clients that may wait for a free session when --max_users are connected (the page shows their place "
+        "in line; the first is admitted when a session ends); more are refused with a reason; 0 = no queue"
+    )
+    queue_timeout_s: float = _opt(
+        300, "seconds a client may wait in the queue; then it is told (error queue_timeout) and disconnected"
+    )
     timeout: float = _opt(600, "seconds without speech, text or reply after which a session is closed")
     cert: str | None = _opt(None, "TLS certificate (PEM) of your own; needs --key")
     key: str | None = _opt(None, "TLS private key (PEM) for --cert")
@@ -106,10 +148,17 @@ class ServerOptions:
         None, "operator opt-in: write each utterance as WAV here (nothing is written to disk without it)"
     )
     log_level: str = _opt("INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    drain_s: float = _opt(
+        30.0, "on SIGTERM: refuse new clients, tell connected ones (server_draining), let their replies finish "
+        "for up to this many seconds, then close the sessions and exit 0 (a second SIGTERM stops at once)"
+    )
     vad: VadOptions = field(default_factory=VadOptions, metadata={"group": "VAD / end of turn", "prefix": "vad_"})
     limits: LimitOptions = field(default_factory=LimitOptions, metadata={"group": "limits", "prefix": ""})
     echo: EchoOptions = field(default_factory=EchoOptions, metadata={"group": "echo guard", "prefix": "echo_"})
     engine: EngineOptions = field(default_factory=EngineOptions, metadata={"group": "engine", "prefix": ""})
+    security: SecurityOptions = field(
+        default_factory=SecurityOptions, metadata={"group": "security", "prefix": ""}
+    )
 
     def __post_init__(self) -> None:
         if (self.cert is None) != (self.key is None):
@@ -120,6 +169,10 @@ class ServerOptions:
             raise ValueError(f"port must be 0-65535, got {self.port}")
         if self.max_users < 1:
             raise ValueError("max_users must be at least 1")
+        if self.queue_size < 0 or self.queue_timeout_s <= 0:
+            raise ValueError("queue_size must be >= 0 and queue_timeout_s > 0")
+        if self.drain_s < 0:
+            raise ValueError("drain_s must be >= 0")
         if self.timeout <= 0 or self.camera_fps <= 0:
             raise ValueError("timeout and camera_fps must be positive")
 
@@ -163,8 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(ServerOptions):
         if "prefix" in f.metadata:
             group = parser.add_argument_group(f.metadata["group"])
-            _add_fields(group, type(f.default_factory()), f.metadata["prefix"])
+            _add_fields(group, _group_class(f), f.metadata["prefix"])
     return parser
+
+
+def _group_class(f: dataclasses.Field[Any]) -> type:
+    """The options class of a nested group field (its default factory)."""
+    factory = f.default_factory
+    assert callable(factory), f.name
+    return type(factory())
 
 
 def parse_options(argv: list[str] | None = None) -> ServerOptions:
@@ -175,7 +235,7 @@ def parse_options(argv: list[str] | None = None) -> ServerOptions:
     try:
         for f in dataclasses.fields(ServerOptions):
             if "prefix" in f.metadata:
-                cls = type(f.default_factory())
+                cls = _group_class(f)
                 p = f.metadata["prefix"]
                 nested[f.name] = cls(**{g.name: ns.pop(f"{p}{g.name}") for g in dataclasses.fields(cls)})
         return ServerOptions(**ns, **nested)

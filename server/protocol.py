@@ -16,6 +16,12 @@ import numpy as np
 EV_AUDIO = "audio"  # binary: PCM16 LE mono 16 kHz
 EV_FRAME = "frame"  # binary: one JPEG
 EV_CONTROL = "control"  # JSON object with a "type"
+CLIENT_EVENTS = (EV_AUDIO, EV_FRAME, EV_CONTROL)
+"""The only event names a client may send; any other is answered with ``bad_type`` and ignored."""
+RESERVED_EVENTS = frozenset({"connect", "disconnect", "connect_error", "message", "error", "*", "ping", "pong",
+                             "reconnect", "newListener", "removeListener"})
+"""Names the Socket.IO libraries give a meaning of their own (lifecycle, catch-all, ...): a client event
+with one of them is refused like an unknown one (its error says "reserved")."""
 # Server -> client
 EV_HELLO = "hello"
 EV_VAD = "vad"
@@ -28,17 +34,21 @@ EV_PAUSE = "pause"  # speech started over the reply: stop playing, keep the buff
 EV_RESUME = "resume"  # that speech was not a query: play on from where it paused
 EV_JUDGEMENT = "judgement"  # an utterance got no reply (not addressed, too short, echo, failed)
 EV_ERROR = "error"
+EV_SERVER_DRAINING = "server_draining"  # the server is shutting down: finish up, you will be disconnected
+EV_WAITING = "waiting"  # the server is full: this client waits in line (server/waiting_room.py); hello = admitted
 
 ErrorCode = Literal[
     "bad_type",  # payload of the wrong kind (e.g. text where bytes were expected)
     "bad_audio",  # odd byte count, empty or over-long packet
-    "bad_frame",  # not a JPEG, or too big
+    "bad_frame",  # not a JPEG, too many bytes, or too many pixels (from its header)
     "bad_control",  # malformed control event
     "not_started",  # audio/frames before "start" or after "stop"
     "rate_limited",  # more than the per-session rate allows; the excess is dropped
     "idle_timeout",  # nothing happened for --timeout seconds; the session is closed
     "engine",  # the engine failed on this turn (or is down, when fatal)
     "internal",  # a bug on the server; the session goes on where it can
+    "bad_packet",  # (fatal) a Socket.IO packet that breaks the protocol; the connection is closed
+    "queue_timeout",  # (fatal) waited --queue_timeout_s in the waiting room without a free session
 ]
 
 
@@ -81,12 +91,17 @@ def parse_audio(data: Any, max_bytes: int) -> np.ndarray:
 
 
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length field
 
 
 def jpeg_dimensions(buf: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's start-of-frame header, walking markers without decoding pixels."""
+    """(width, height) from a JPEG's start-of-frame header, walking markers without decoding pixels.
+
+    Walks every segment up to the first scan: a second frame header is refused, since decoders differ on
+    which one they believe (Pillow takes the last), and the size checked must be the size decoded."""
     if buf[:3] != b"\xff\xd8\xff":
         raise ProtocolError("bad_frame", "camera frame is not a JPEG (no FF D8 FF signature)")
+    size: tuple[int, int] | None = None
     i = 2
     while i + 4 <= len(buf):
         if buf[i] != 0xFF:
@@ -95,27 +110,48 @@ def jpeg_dimensions(buf: bytes) -> tuple[int, int]:
         if marker == 0xFF:  # fill byte
             i += 1
             continue
+        if marker in _STANDALONE_MARKERS:
+            i += 2
+            continue
+        if marker in (0xDA, 0xD9):  # start of scan (or end of image): every frame header is behind us
+            break
         seg_len = int.from_bytes(buf[i + 2 : i + 4], "big")
-        if marker in _SOF_MARKERS and i + 9 <= len(buf):
+        if marker == 0x00 or marker == 0xD8 or seg_len < 2:
+            raise ProtocolError("bad_frame", "camera frame is a corrupt JPEG (bad segment)")
+        if marker in _SOF_MARKERS:
+            if size is not None:
+                raise ProtocolError("bad_frame", "camera frame is a corrupt JPEG (two frame headers)")
+            if i + 9 > len(buf):
+                break
             height = int.from_bytes(buf[i + 5 : i + 7], "big")
             width = int.from_bytes(buf[i + 7 : i + 9], "big")
-            if width and height:
-                return width, height
-            break
-        if marker == 0x00 or seg_len < 2:
-            raise ProtocolError("bad_frame", "camera frame is a corrupt JPEG (bad segment)")
-        if marker == 0xDA:  # scan data before any frame header
-            break
+            if not (width and height):
+                raise ProtocolError("bad_frame", "camera frame has a zero width or height in its header")
+            size = (width, height)
         i += 2 + seg_len
-    raise ProtocolError("bad_frame", "camera frame is a truncated JPEG (no frame header)")
+    if size is None:
+        raise ProtocolError("bad_frame", "camera frame is a truncated JPEG (no frame header)")
+    return size
 
 
-def parse_frame(data: Any, max_bytes: int) -> tuple[bytes, int, int]:
-    """One camera frame -> (jpeg bytes, width, height); rejects non-JPEG and oversize frames."""
+def parse_frame(
+    data: Any, max_bytes: int, max_side: int | None = None, max_pixels: int | None = None
+) -> tuple[bytes, int, int]:
+    """One camera frame -> (jpeg bytes, width, height).
+
+    Rejects non-JPEG data, more than ``max_bytes`` bytes, and (from the header alone, before anything
+    decodes it) a side over ``max_side`` or more than ``max_pixels`` pixels: a small JPEG can declare a
+    huge image (9000x9000 in 950 KB) whose decode costs hundreds of MB."""
     raw = _as_bytes(data, "frame")
     if len(raw) > max_bytes:
         raise ProtocolError("bad_frame", f"camera frame of {len(raw)} bytes exceeds {max_bytes}")
     width, height = jpeg_dimensions(raw)
+    if max_side is not None and max(width, height) > max_side:
+        raise ProtocolError("bad_frame", f"camera frame of {width}x{height} exceeds {max_side} pixels a side")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ProtocolError(
+            "bad_frame", f"camera frame of {width}x{height} = {width * height} pixels exceeds {max_pixels}"
+        )
     return raw, width, height
 
 
@@ -203,6 +239,8 @@ class HelloMsg(Outbound):
     camera_fps: float
     max_audio_packet_bytes: int
     max_frame_bytes: int
+    max_frame_side: int
+    max_frame_pixels: int
     notice: str | None = None
     """A line to show every user (e.g. that the weights are random), or ``None``."""
 
@@ -290,3 +328,26 @@ class ErrorMsg(Outbound):
     code: str
     message: str
     fatal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerDrainingMsg(Outbound):
+    """The server is shutting down (SIGTERM): it takes no new session; a reply in flight may finish
+    within ``seconds_left`` seconds, then the server disconnects this client. Reconnect later."""
+
+    seconds_left: float
+    reason: Literal["shutdown"] = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingMsg(Outbound):
+    """``waiting``: every session is taken; this client is number ``position`` (1 = next) of ``waiting`` in
+    line. Sent on connect and whenever the place or estimate changes; ``hello`` follows on admission."""
+
+    position: int
+    waiting: int
+    estimated_wait_s: float | None
+    """Seconds until admission, estimated from recent session lengths (server/waiting_room.py); ``None``
+    while unknown."""
+    timeout_s: float
+    """Seconds after joining when the server gives up (error ``queue_timeout``)."""

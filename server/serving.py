@@ -79,6 +79,17 @@ class RealtimeRequestHandler(WSGIRequestHandler):
         if not self._skip:
             super().finish()
 
+    def connection_dropped(self, error: BaseException, environ: Any = None) -> None:
+        """The WebSocket adapter ends its request this way: the connection carried a WebSocket and is over.
+
+        Without this, HTTP keep-alive read the socket for a next request (the client's close frame,
+        parsed as a bad request line) or waited for one as long as the client kept the socket open."""
+        self.close_connection = True
+
+    def version_string(self) -> str:
+        """The ``Server:`` header: no Werkzeug/Python versions for scanners to match against known bugs."""
+        return "vita-duplex"
+
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         log.debug("%s %s %s", self.address_string(), self.requestline, code)
 

@@ -14,6 +14,7 @@ ticks through the machine and writes. One lock serialises every call into the ma
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -115,6 +116,8 @@ class Session:
             camera_fps=options.camera_fps,
             max_audio_packet_bytes=self._max_audio_bytes,
             max_frame_bytes=lim.max_frame_bytes,
+            max_frame_side=lim.max_frame_side,
+            max_frame_pixels=lim.max_frame_pixels,
             notice=engine.notice(),
         ).to_wire(),)))
 
@@ -135,10 +138,10 @@ class Session:
             self.machine.echo.note_mic(pcm, self.clock())
         for event in self.segmenter.push(pcm):
             if isinstance(event, SpeechStarted):
-                self._run(lambda ev=event: self.machine.speech_started(ev))
+                self._run(functools.partial(self.machine.speech_started, event))
             else:
                 frames = self._frames_for(event)
-                self._run(lambda ev=event, f=frames: self.machine.speech_ended(ev, f))
+                self._run(functools.partial(self.machine.speech_ended, event, frames))
                 if self.options.record_dir:
                     self._record(event.audio, f"{self.id}-{event.audio_start_sample}")
 
@@ -149,7 +152,8 @@ class Session:
             raise P.ProtocolError(
                 "rate_limited", f"camera frames arrive faster than {self._frame_bucket.rate:g}/s; frame dropped"
             )
-        jpeg, _w, _h = P.parse_frame(data, self.options.limits.max_frame_bytes)
+        lim = self.options.limits
+        jpeg, _w, _h = P.parse_frame(data, lim.max_frame_bytes, lim.max_frame_side, lim.max_frame_pixels)
         self.frames.append(CameraFrame(jpeg=jpeg, at_sample=self.segmenter.samples_seen))
 
     def on_control(self, data: Any) -> dict[str, Any]:
@@ -247,9 +251,10 @@ class Session:
                     continue
                 if callable(item):  # the disconnect after an idle close
                     item()
+                    self.close()  # ends this loop even if the disconnect did not reach this session
                     continue
                 if item is not None:
-                    self._run(lambda ev=item: self.machine.engine_event(ev))
+                    self._run(functools.partial(self.machine.engine_event, item))
                 self._run(self.machine.tick)
         except Exception:  # a bug here must not pass silently; the session is closed by the server
             log.exception("session %s: writer failed", self.id)

@@ -409,7 +409,13 @@ class TurnMachine:
             reply.ended = True
         if pending is not None and event.reply_id in (None, pending.reply_id):
             self._reject(pending, "error", {})
-        self._send(P.EV_ERROR, P.ErrorMsg("engine", event.message, event.fatal))
+        if not event.fatal:
+            self._send(P.EV_ERROR, P.ErrorMsg("engine", event.message, False))
+        elif not self.closed:
+            # No engine can serve this session any more: tell the client (fatal error) and disconnect it,
+            # so it reconnects once the server is ready again instead of talking to nobody.
+            self.closed = True
+            self._out.append(Close("engine", event.message))
 
     # ------------------------------------------------------------------ helpers
 

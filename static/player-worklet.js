@@ -1,9 +1,10 @@
 // Reply playback: a sample-accurate queue of 24 kHz PCM16 chunks, gapless across chunks.
 // Messages in: {type:'chunk', replyId, pcm: ArrayBuffer}, {type:'flush'} (drop everything now),
 // {type:'pause'} (stop at once, keep the queue: the user may only be coughing) and {type:'resume'}.
-// Messages out: {type:'started', replyId}, {type:'played', replyId, samples} (about every 100 ms while
-// playing), {type:'paused', replyId, samples}, {type:'flushed', replyId, samples, dropped} and
-// {type:'drained', replyId, samples}.
+// Messages out: {type:'started', replyId} (its first sample), {type:'playing', replyId} (audible again after
+// the queue ran dry), {type:'played', replyId, samples} (about every 100 ms while playing),
+// {type:'paused', replyId, samples}, {type:'flushed', replyId, samples, dropped} and {type:'drained', replyId,
+// samples} (the queue ran dry: the reply ended, or its audio arrives late).
 class ReplyPlayer extends AudioWorkletProcessor {
   constructor() {
     super();
@@ -49,6 +50,8 @@ class ReplyPlayer extends AudioWorkletProcessor {
         if (!this.played.has(head.replyId)) {
           this.played.set(head.replyId, 0);
           this.port.postMessage({type: 'started', replyId: head.replyId});
+        } else {
+          this.port.postMessage({type: 'playing', replyId: head.replyId}); // audible again after a gap
         }
       }
       const n = Math.min(out.length - i, head.data.length - this.offset);

@@ -6,15 +6,16 @@ Debian's /usr/bin/chromium is driven by Playwright's Python driver (no browser d
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from server.options import ServerOptions
+from server.options import SecurityOptions, ServerOptions
 from server.tls import make_self_signed, server_context
 from tests.fakes.fake_engine import FakeEngine, Script
-from tests.fakes.harness import SPEECH_DIR, RunningServer
+from tests.fakes.harness import SPEECH_DIR, RunningServer, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +54,32 @@ def launch(playwright, wav: str):
     )
 
 
+# Every page reports Content-Security-Policy violations as console errors, which the tests count as problems:
+# the page must work under the server's CSP (no inline script or style, no eval).
+REPORT_CSP = ("document.addEventListener('securitypolicyviolation', (e) =>"
+              " console.error('CSP violation: ' + e.violatedDirective + ' ' + e.blockedURI));")
+
+
+FUNCTION_SOURCE = re.compile(r"\s*(async\s+)?(function\b|\([^)]*\)\s*=>|[\w$]+\s*=>)")
+
+
+def _predicates_without_eval(page) -> None:
+    """Playwright runs a string predicate of ``wait_for_function`` through ``eval``, which the page's CSP
+    (no 'unsafe-eval') forbids; wrapped as a function it is compiled by the debugger protocol instead."""
+    wait = page.wait_for_function
+
+    def wait_for_function(expression: str, **kw):
+        if not FUNCTION_SOURCE.match(expression):
+            expression = f"() => ({expression})"
+        return wait(expression, **kw)
+
+    page.wait_for_function = wait_for_function
+
+
 def open_page(browser, url: str):
     page = browser.new_context(ignore_https_errors=True).new_page()
+    page.add_init_script(REPORT_CSP)
+    _predicates_without_eval(page)
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
     page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
@@ -108,7 +133,8 @@ def test_page_streams_mic_and_camera_plays_reply_and_flushes_on_interrupt(playwr
 
 
 def test_page_shows_why_it_was_refused(playwright, tls):
-    with RunningServer(ServerOptions(max_users=1), FakeEngine(), ssl_context=tls) as srv:
+    # queue_size=0: no waiting room, so the second page is refused (tests/test_page.py covers the queue)
+    with RunningServer(ServerOptions(max_users=1, queue_size=0), FakeEngine(), ssl_context=tls) as srv:
         browser = launch(playwright, "question_en.wav")
         try:
             first, _ = open_page(browser, srv.url + "/")
@@ -120,3 +146,38 @@ def test_page_shows_why_it_was_refused(playwright, tls):
             assert first.evaluate("vita.stats.connected")
         finally:
             browser.close()
+
+
+def test_page_works_under_csp_and_takes_the_access_token(playwright, tls):
+    token = "browser-token-0123456789abcdef"
+    options = ServerOptions(max_users=4, security=SecurityOptions(access_token=token))
+    with RunningServer(options, FakeEngine(), ssl_context=tls) as srv:
+        browser = launch(playwright, "question_en.wav")
+        try:
+            # from the URL fragment: used, kept for this tab (a reload reconnects), dropped from the address bar
+            page, problems = open_page(browser, srv.url + "/#token=" + token)
+            page.wait_for_function("vita.stats.connected && vita.hello", timeout=10_000)
+            assert page.evaluate("location.hash") == ""
+            assert page.evaluate("sessionStorage.getItem('vita-access-token')") == token
+            page.reload()
+            page.wait_for_function("vita.stats.connected && vita.hello", timeout=10_000)
+            assert problems == []
+            # the CSP is enforced and violations are seen: an injected inline script does not run
+            page.evaluate("() => { const s = document.createElement('script');"
+                          " s.textContent = 'window.injected = 1'; document.body.appendChild(s); }")
+            assert page.evaluate("window.injected") is None
+            assert wait_until(lambda: any("CSP violation: script-src" in p for p in problems), timeout=5)
+            # without a token: refused with the reason, then the page asks for it and connects
+            asked, problems2 = [], []
+            fresh = browser.new_context(ignore_https_errors=True).new_page()
+            _predicates_without_eval(fresh)
+            fresh.on("console", lambda m: problems2.append(m.text) if m.type == "error" else None)
+            fresh.on("dialog", lambda d: (asked.append(d.message), d.accept(token)))
+            fresh.goto(srv.url + "/")
+            fresh.wait_for_function("vita.stats.connected && vita.hello", timeout=10_000)
+            assert asked and "access token" in asked[0]
+            assert fresh.evaluate("vita.stats.refused") == "access token missing or wrong"
+            assert problems2 == []
+        finally:
+            browser.close()
+        assert wait_until(lambda: not srv.state.sessions)

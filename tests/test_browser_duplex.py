@@ -62,11 +62,11 @@ def test_page_holds_a_spoken_conversation_with_an_interruption(playwright, tls, 
             assert wait_until(lambda: len(history) >= 1, timeout=10)
             heard = history.exchanges[-1].reply  # the interrupted answer, as heard
             cut_text = page.evaluate(
-                f"document.querySelectorAll('#transcript li.bot')[{[r['reply_id'] for r in st['replies']].index(cut['reply_id'])}]"
-                ".textContent")
+                f"document.querySelector('#transcript li.bot[data-reply=\"{cut['reply_id']}\"] .text').textContent")
             page.wait_for_function("vita.stats.timelines.length >= 1", timeout=60_000)
             timeline = page.evaluate("vita.stats.timelines")
-            cells = [page.inner_text(f"#t-{k}") for k in ("vad", "judge", "clause", "sent")]
+            row = f"#timeline-rows tr[data-reply='{timeline[0]['reply_id']}']"  # one row per reply, keyed by its id
+            cells = [page.text_content(f"{row} td[data-stage='{k}']") for k in ("vad", "judge", "clause", "sent")]
         finally:
             browser.close()
 

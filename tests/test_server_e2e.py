@@ -257,7 +257,8 @@ def test_message_over_transport_limit_closes_only_that_connection():
 
 
 def test_max_users_refuses_the_extra_client_with_a_reason():
-    with RunningServer(ServerOptions(no_tls=True, max_users=1)) as srv:
+    # queue_size=0: no waiting room (tests/test_waiting_room.py covers the queue)
+    with RunningServer(ServerOptions(no_tls=True, max_users=1, queue_size=0)) as srv:
         first = RecordingClient(srv.url).connect()
         extra = RecordingClient(srv.url)
         with pytest.raises(socketio.exceptions.ConnectionError):

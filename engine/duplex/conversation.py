@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from engine.duplex.frames import pick_frames, square_frame
 from engine.duplex.heard import SpokenLog
@@ -187,7 +187,10 @@ class DuplexConversation(Conversation):
             self._take_over(turn)
             await self._answer(turn, state)
         except (LlmError, SpeechInputError, SpeechCheckpointError) as exc:
-            self._fail(turn, str(exc), fatal=isinstance(exc, EngineDeadError))
+            # A dead engine is fatal to the session only when no engine is left to serve its next turn;
+            # otherwise this reply fails and the conversation (and its history) goes on with another one.
+            fatal = isinstance(exc, EngineDeadError) and not self._engine.serving()
+            self._fail(turn, str(exc), fatal=fatal)
         except asyncio.CancelledError:
             self._stop(turn)
             raise
@@ -211,7 +214,10 @@ class DuplexConversation(Conversation):
         return UserTurn(audio=audio, images=images, text=req.text)
 
     async def _stream(self, turn: _Turn, index: int, prompt, rid: str, **kw: object) -> AsyncIterator[StreamEvent]:
-        llm = self._engine.pool.engines[index]
+        pool = self._engine.pool
+        if pool is None:
+            raise EngineDeadError("the engine is closed")
+        llm = pool.engines[index]
         if turn.stopped.is_set():
             return
         turn.inflight[rid] = llm
@@ -233,6 +239,7 @@ class DuplexConversation(Conversation):
         if opts.awakening == "always":
             return True, "policy", SPOKEN
         index = self._engine.live_index(prefer_not=self._generator)
+        assert turn.user is not None  # set by _run before judging
         prompt = self._engine.builder.build(turn.user, self._history)
         first: int | None = None
         judge = self._engine.judge
@@ -262,6 +269,7 @@ class DuplexConversation(Conversation):
         req, opts, eng = turn.request, self._options, self._engine
         index = eng.live_index(prefer=self._generator)
         self._generator = index
+        assert turn.user is not None
         prompt = eng.builder.build(turn.user, self._history)
         # The judged state token starts the answer, so the generator continues the monitor's verdict.
         prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, *eng.states.ids[state]])
@@ -292,7 +300,7 @@ class DuplexConversation(Conversation):
         if error is not None:
             raise error
         turn.timings["total"] = _ms(turn.t0)
-        reason = "cancelled" if turn.stopped.is_set() else "done"
+        reason: Literal["cancelled", "done"] = "cancelled" if turn.stopped.is_set() else "done"
         self._emit(ReplyEnd(req.reply_id, req.epoch, reason, dict(turn.timings)))
 
     def _show(self, turn: _Turn, synth: ReplySynthesizer, text: str) -> None:

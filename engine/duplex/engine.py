@@ -2,13 +2,18 @@
 
 One engine object serves every session: the vLLM engines batch the sessions' requests, the speech head
 batches their AR steps; each session gets its own :class:`~engine.duplex.conversation.DuplexConversation`.
+A vLLM engine whose core dies is restarted in place with backoff (:mod:`engine.llm.supervisor`) while the
+other one serves; conversations keep their history, which they hold themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -16,15 +21,19 @@ import torch
 from engine.duplex.conversation import DuplexConversation
 from engine.duplex.loop import LoopThread
 from engine.duplex.options import DuplexOptions
-from engine.interface import Engine, EventSink
+from engine.interface import Engine, EngineStatus, EventSink
 from engine.llm.engine import LlmPool
 from engine.llm.errors import EngineDeadError
 from engine.llm.options import LlmOptions
 from engine.llm.reply_text import TokenBytes
 from engine.llm.state_tokens import StateTokens
+from engine.llm.supervisor import EngineSupervisor, SupervisionOptions
 from engine.speech.head import SpeechHead
 
 log = logging.getLogger(__name__)
+
+RESTART_JOIN_S = 180.0
+"""How long :meth:`VitaEngine.close` waits for an engine restart in progress (a start cannot be cut short)."""
 
 
 class _LockedTokenizer:
@@ -42,17 +51,22 @@ class _LockedTokenizer:
 class VitaEngine(Engine):
     """The full-duplex VITA-1.5 engine: LLM pool, speech head and the loop thread that drives them."""
 
-    def __init__(self, llm_options: LlmOptions, options: DuplexOptions | None = None) -> None:
+    def __init__(self, llm_options: LlmOptions, options: DuplexOptions | None = None,
+                 supervision: SupervisionOptions | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.options = options or DuplexOptions()
         if self.options.history_turns > llm_options.history_turns:
             raise ValueError("history_turns cannot exceed the LLM options' history_turns (audio slots per prompt)")
         self.loop = LoopThread()
         self.pool: LlmPool | None = None
+        self.supervisor: EngineSupervisor | None = None
         self._conversations: weakref.WeakSet[DuplexConversation] = weakref.WeakSet()
         try:
             # Built on the loop thread: AsyncLLM binds its output handler to the loop running where it is
             # made, and the caller's thread may be running some other loop (e.g. a test driver's).
             self.pool = self.loop.submit(_build_pool(llm_options)).result()
+            self.supervisor = EngineSupervisor(self.pool.engines, supervision, clock)
+            if self.supervisor.options.enabled:
+                self.loop.submit(self.supervisor.run())
             tokenizer = self.pool.engines[0].tokenizer
             self.states = StateTokens.from_tokenizer(tokenizer)
             """Each state token's spelling (one token in Qwen2.5's vocabulary; several in others)."""
@@ -77,34 +91,64 @@ class VitaEngine(Engine):
         return self.notice_text
 
     def open_conversation(self, sink: EventSink) -> DuplexConversation:
-        """A new conversation with its own history and roles; refused while no LLM engine lives."""
-        if self.pool is None or not self.pool.health()["ok"]:
-            raise EngineDeadError("every LLM engine is dead; restart the server")
+        """A new conversation with its own history and roles; refused while no LLM engine can serve."""
+        if not self.serving():
+            raise EngineDeadError(self._none_ready())
         conv = DuplexConversation(self, sink)
         self._conversations.add(conv)
         return conv
 
+    def serving(self) -> bool:
+        """Whether at least one LLM engine can serve now (not dead, restarting or starting)."""
+        return self.pool is not None and any(e.dead_reason() is None for e in self.pool.engines)
+
+    def _none_ready(self) -> str:
+        states = [s.state for s in self.statuses()]
+        if any(s in ("restarting", "starting") for s in states):
+            return "no LLM engine can serve right now: restarting after a failure, try again shortly"
+        return "every LLM engine is dead; restart the server"
+
     def live_index(self, prefer: int | None = None, prefer_not: int | None = None) -> int:
         """Index of a live LLM engine: ``prefer`` if alive, else one other than ``prefer_not`` if possible."""
-        assert self.pool is not None
-        alive = [i for i, e in enumerate(self.pool.engines) if e.health()["ok"]]
+        pool = self.pool
+        if pool is None:
+            raise EngineDeadError("the engine is closed")
+        alive = [i for i, e in enumerate(pool.engines) if e.dead_reason() is None]
         if not alive:
-            raise EngineDeadError("every LLM engine is dead; restart the server")
+            raise EngineDeadError(self._none_ready())
         if prefer in alive:
-            return prefer  # type: ignore[return-value]
+            return prefer
         others = [i for i in alive if i != prefer_not]
-        return min(others or alive, key=lambda i: self.pool.engines[i].load)  # type: ignore[union-attr]
+        return min(others or alive, key=lambda i: pool.engines[i].load)
+
+    def statuses(self) -> tuple[EngineStatus, ...]:
+        """Each vLLM engine's state (starting, ready, restarting, dead) and restart counts."""
+        supervisor = self.supervisor
+        if self.pool is None or supervisor is None:
+            return ()
+        return supervisor.statuses()
 
     def health(self) -> dict[str, object]:
-        """LLM pool health plus open conversations."""
+        """``ok`` while an LLM engine can serve; ``live`` while one serves or will after a restart."""
         if self.pool is None:
-            return {"ok": False, "error": "engine closed"}
-        return {**self.pool.health(), "conversations": len(self._conversations)}
+            return {"ok": False, "live": False, "error": "engine closed", "engines": []}
+        statuses = self.statuses()
+        return {"ok": any(s.state == "ready" for s in statuses), "live": any(s.state != "dead" for s in statuses),
+                "engines": [dataclasses.asdict(s) for s in statuses], "conversations": len(self._conversations)}
+
+    def begin_shutdown(self) -> None:
+        """Stop restarting engines (the server is draining); replies in flight go on."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
 
     def close(self) -> None:
         """Close every conversation, the loop and the LLM engines (idempotent)."""
         for conv in list(self._conversations):
             conv.close()
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            if not self.supervisor.join(RESTART_JOIN_S):
+                log.warning("an engine restart still runs after %.0f s; closing anyway", RESTART_JOIN_S)
         pool, self.pool = self.pool, None
         if pool is not None:
             try:

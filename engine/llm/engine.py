@@ -4,7 +4,9 @@
   and one final :class:`Finished` (reason ``stop``/``length``/``abort``, time to first token, decode
   tokens/s); :meth:`LlmEngine.abort` stops a request from any task.
 * An engine whose core process dies is reported as :class:`EngineDeadError` to the streaming caller,
-  and every later request fails at once with the same error until the engine is restarted.
+  and every later request fails at once with the same error until the engine is restarted:
+  :meth:`LlmEngine.build_llm` makes a fresh ``AsyncLLM`` on the same served config (off the loop thread)
+  and :meth:`LlmEngine.attach` puts it in service (``engine.llm.supervisor`` does both, with backoff).
 * :class:`LlmPool` starts one or two engines (both on the default device unless told otherwise) and
   routes each request to the less busy one; aborts go to the engine that owns the request.
 """
@@ -18,6 +20,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -127,6 +130,11 @@ def cuda_visible_devices_for(device: str | None, visible: str | None) -> str | N
     return entries[index]
 
 
+_ENV_LOCK = threading.Lock()
+"""Held while the environment is pinned for a spawn: two engines (re)starting at once on two threads must
+not see each other's ``CUDA_VISIBLE_DEVICES``. (``--devices`` pins every engine or none.)"""
+
+
 @contextlib.contextmanager
 def _visible_device(device: str | None) -> Iterator[None]:
     """Pin the engine's spawned processes to one CUDA device (they inherit the environment at spawn).
@@ -134,61 +142,121 @@ def _visible_device(device: str | None) -> Iterator[None]:
     ``cuda:N`` is mapped through an existing ``CUDA_VISIBLE_DEVICES`` (see :func:`cuda_visible_devices_for`);
     the operator's value is restored afterwards.
     """
-    old = os.environ.get("CUDA_VISIBLE_DEVICES")
-    pinned = cuda_visible_devices_for(device, old)
-    if pinned is None:
-        yield
+    if cuda_visible_devices_for(device, os.environ.get("CUDA_VISIBLE_DEVICES")) is None:
+        yield  # nothing to pin: unpinned engines (the usual case) start in parallel
         return
-    os.environ["CUDA_VISIBLE_DEVICES"] = pinned
+    with _ENV_LOCK:
+        old = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices_for(device, old) or ""
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+            else:
+                os.environ["CUDA_VISIBLE_DEVICES"] = old
+
+
+def _core_processes_alive(llm: Any) -> bool:
+    """Whether every engine-core process of ``llm`` still runs, asked of the OS now.
+
+    ``AsyncLLM.errored`` turns true only once vLLM's output handler has noticed the dead core, some
+    time after the process died; a health probe in between would report a dead engine as serving.
+    """
     try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = old
+        processes = llm.engine_core.resources.engine_manager.processes
+    except AttributeError:  # another vLLM layout (e.g. in-process core): rely on ``errored`` alone
+        return True
+    return all(p.is_alive() for p in processes)
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Shut an ``AsyncLLM`` down and drop it (a dead core may fail its own shutdown; we are done with it)."""
+    with contextlib.suppress(Exception):
+        llm.shutdown()
+    # Drop the last reference now: AsyncLLM.__del__ would otherwise run at interpreter exit and fail.
+    del llm
+    gc.collect()
 
 
 class LlmEngine:
-    """One vLLM ``AsyncLLM`` serving a resolved VITA-1.5 checkpoint."""
+    """One vLLM ``AsyncLLM`` serving a resolved VITA-1.5 checkpoint; rebuilt in place after its core dies."""
 
     def __init__(self, resolved: ResolvedCheckpoint, options: LlmOptions, *, name: str = "llm0",
                  device: str | None = None) -> None:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
         self.name = name
         self.options = options
         self.resolved = resolved
+        self.device = device
+        self._llm: Any = None
+        self._dead: str | None = None
+        self._active: set[str] = set()
+        self._closed = False
         self._config_dir = Path(tempfile.mkdtemp(prefix="vita-served-config-"))
-        resolved.write_served_config(self._config_dir)
+        try:
+            resolved.write_served_config(self._config_dir)
+            started = time.perf_counter()
+            self._llm = self.build_llm()
+        except BaseException:
+            shutil.rmtree(self._config_dir, ignore_errors=True)
+            raise
+        self.start_seconds = time.perf_counter() - started
+        # Kept from the first AsyncLLM: a restart builds the same tokenizer, and the prompt builder and the
+        # speech head hold this one.
+        self._tokenizer = self._llm.get_tokenizer() if resolved.has_tokenizer else None
+        # Replies end at <|im_end|> (ChatML), whatever the checkpoint's generation config says.
+        tokenizer = self._tokenizer
+        self._stop_ids = [int(tokenizer.convert_tokens_to_ids("<|im_end|>"))] if tokenizer is not None else []
+        log.info("engine %s up in %.1f s", name, self.start_seconds)
+
+    def build_llm(self) -> Any:
+        """A new ``AsyncLLM`` on this engine's served config and device; blocks for the whole start.
+
+        Safe on a thread without a running event loop: vLLM then binds its output handler to the loop
+        of the first request, so a restart can run beside a loop that keeps serving the other engine.
+        """
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        options, resolved = self.options, self.resolved
         args = AsyncEngineArgs(
             model=str(resolved.folder), hf_config_path=str(self._config_dir),
             tokenizer=str(self._config_dir) if resolved.has_tokenizer else None,
-            skip_tokenizer_init=not resolved.has_tokenizer, dtype=options.dtype,
+            skip_tokenizer_init=not resolved.has_tokenizer, dtype=options.dtype,  # type: ignore[arg-type]
             enforce_eager=options.enforce_eager, max_model_len=options.max_model_len,
             gpu_memory_utilization=options.gpu_memory_share, kv_cache_memory_bytes=options.kv_cache_memory_bytes,
             generation_config="vllm",  # the release's generation config is not the demo's; we set sampling
             limit_mm_per_prompt={"image": options.max_images, "audio": options.history_turns + 1},
         )
-        started = time.perf_counter()
-        with _visible_device(device):
-            self._llm = AsyncLLM.from_engine_args(args)
-        self.start_seconds = time.perf_counter() - started
-        # Replies end at <|im_end|> (ChatML), whatever the checkpoint's generation config says.
-        tokenizer = self.tokenizer
-        self._stop_ids = [int(tokenizer.convert_tokens_to_ids("<|im_end|>"))] if tokenizer is not None else []
-        self._dead: str | None = None
-        self._active: set[str] = set()
-        self._closed = False
-        log.info("engine %s up in %.1f s", name, self.start_seconds)
+        with _visible_device(self.device):
+            return AsyncLLM.from_engine_args(args)
+
+    def attach(self, llm: Any, start_seconds: float) -> None:
+        """Serve from ``llm`` (made by :meth:`build_llm`) from now on; on the loop thread.
+
+        The engine must be dead and released (:meth:`release`); a closed engine shuts ``llm`` down instead."""
+        if self._closed:
+            shutdown_llm(llm)
+            return
+        if self._llm is not None:
+            raise RuntimeError(f"engine {self.name} still holds its old AsyncLLM; release it first")
+        self._llm, self._dead, self.start_seconds = llm, None, start_seconds
+        log.info("engine %s restarted in %.1f s", self.name, start_seconds)
+
+    def release(self) -> None:
+        """Shut down the ``AsyncLLM`` of a dead engine (sockets, output task, processes); on the loop thread.
+
+        Requests on it have already failed or fail within ``WATCH_S``; new ones fail until :meth:`attach`."""
+        llm, self._llm = self._llm, None
+        if self._dead is None:
+            self._dead = "released"
+        if llm is not None:
+            shutdown_llm(llm)
 
     @property
     def tokenizer(self):
         """The checkpoint's tokenizer (``None`` when the folder has none)."""
-        if not self.resolved.has_tokenizer or self._llm is None:
-            return None
-        return self._llm.get_tokenizer()
+        return self._tokenizer
 
     @property
     def async_llm(self):
@@ -201,12 +269,26 @@ class LlmEngine:
         """Requests in flight."""
         return len(self._active)
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def dead_reason(self) -> str | None:
+        """Why the engine cannot serve (dead core, released, closed), or ``None`` while it can.
+
+        Asks the OS about the core processes, so a core killed a moment ago already counts as dead."""
+        if self._closed:
+            return "closed"
+        llm = self._llm
+        if self._dead is None and (llm is None or llm.errored or not _core_processes_alive(llm)):
+            self._dead = "the vLLM engine core stopped"
+        return self._dead
+
     def _check_alive(self) -> None:
         if self._closed:
             raise EngineDeadError(f"engine {self.name} is closed")
-        if self._dead is None and (self._llm.errored or not self._core_processes_alive()):
-            self._dead = "the vLLM engine core stopped"
-        if self._dead is not None:
+        if self.dead_reason() is not None:
             raise EngineDeadError(f"engine {self.name} is dead ({self._dead}); restart it")
 
     def _sampling(self, max_new_tokens: int | None, ignore_eos: bool, allowed_token_ids: list[int] | None = None):
@@ -229,6 +311,7 @@ class LlmEngine:
         from vllm.v1.engine.exceptions import EngineGenerateError
 
         self._check_alive()
+        llm = self._llm  # this request's AsyncLLM, even if a restart replaces the engine's meanwhile
         request: dict[str, object] = {"prompt_token_ids": prompt.token_ids}
         media: dict[str, object] = {}
         if prompt.images:
@@ -240,8 +323,8 @@ class LlmEngine:
         clock, reason, prompt_len = _Clock(), "abort", len(prompt.token_ids)
         self._active.add(request_id)
         try:
-            async for out in self._watched(request, self._sampling(max_new_tokens, ignore_eos, allowed_token_ids),
-                                           request_id):
+            async for out in self._watched(llm, request, self._sampling(max_new_tokens, ignore_eos,
+                                                                         allowed_token_ids), request_id):
                 if out.prompt_token_ids is not None:
                     prompt_len = len(out.prompt_token_ids)
                 completion = out.outputs[0]
@@ -251,25 +334,37 @@ class LlmEngine:
                 if out.finished:
                     reason = completion.finish_reason or "stop"
         except VllmEngineDead as exc:
-            self._dead = str(exc) or "engine core died"
+            if self._llm is llm:
+                self._dead = "the vLLM engine core stopped"
             raise EngineDeadError(f"engine {self.name} died while answering {request_id}") from exc
         except (ValueError, EngineGenerateError) as exc:
-            if self._llm.errored:
-                self._dead = "engine core died"
+            if llm.errored:
+                if self._llm is llm:
+                    self._dead = "the vLLM engine core stopped"
                 raise EngineDeadError(f"engine {self.name} died while answering {request_id}") from exc
             if isinstance(exc, LlmError):
                 raise
             raise InputError(f"request {request_id} rejected: {exc}") from exc
+        except Exception as exc:
+            # The supervisor may shut a dead engine's AsyncLLM down while this request still waits on it;
+            # whatever that raises here (a closed socket, ...) is the death, not a bug of this request.
+            if not llm.errored and _core_processes_alive(llm):
+                raise
+            if self._llm is llm:
+                self._dead = "the vLLM engine core stopped"
+            raise EngineDeadError(f"engine {self.name} died while answering {request_id}") from exc
         finally:
             self._active.discard(request_id)
         yield Finished(request_id, reason, prompt_len, clock.tokens, clock.ttft(), clock.rate())
 
     async def abort(self, request_id: str) -> None:
         """Stop ``request_id``; its stream ends with ``Finished(reason="abort")``. Unknown ids are ignored."""
-        if self._dead is None and not self._closed and request_id in self._active:
-            await self._llm.abort(request_id)
+        llm = self._llm
+        if self._dead is None and not self._closed and llm is not None and request_id in self._active:
+            await llm.abort(request_id)
 
-    async def _watched(self, request: dict[str, object], params: Any, request_id: str) -> AsyncIterator[Any]:
+    async def _watched(self, llm: Any, request: dict[str, object], params: Any,
+                       request_id: str) -> AsyncIterator[Any]:
         """``AsyncLLM.generate`` outputs, with the core process watched meanwhile.
 
         A core killed before vLLM's output handler has anything to wait for is noticed by vLLM late or
@@ -283,7 +378,7 @@ class LlmEngine:
 
         async def pump() -> None:
             try:
-                async for out in self._llm.generate(request, params, request_id=request_id):
+                async for out in llm.generate(request, params, request_id=request_id):
                     outputs.put_nowait(out)
                 outputs.put_nowait(end)
             except asyncio.CancelledError:
@@ -297,7 +392,7 @@ class LlmEngine:
                 try:
                     item = await asyncio.wait_for(outputs.get(), WATCH_S)
                 except TimeoutError:
-                    if not self._core_processes_alive():
+                    if not _core_processes_alive(llm):
                         raise VllmEngineDead("the engine core process exited") from None
                     continue
                 if item is end:
@@ -310,22 +405,9 @@ class LlmEngine:
 
     def health(self) -> dict[str, object]:
         """``ok``, in-flight requests, start time, and why the engine is dead if it is."""
-        if self._dead is None and not self._closed and (self._llm.errored or not self._core_processes_alive()):
-            self._dead = "the vLLM engine core stopped"
-        return {"ok": self._dead is None and not self._closed, "name": self.name, "active": self.load,
-                "start_seconds": round(self.start_seconds, 2), "dead": self._dead}
-
-    def _core_processes_alive(self) -> bool:
-        """Whether every engine-core process still runs, asked of the OS now.
-
-        ``AsyncLLM.errored`` turns true only once vLLM's output handler has noticed the dead core, some
-        time after the process died; a health probe in between would report a dead engine as serving.
-        """
-        try:
-            processes = self._llm.engine_core.resources.engine_manager.processes
-        except AttributeError:  # another vLLM layout (e.g. in-process core): rely on ``errored`` alone
-            return True
-        return all(p.is_alive() for p in processes)
+        dead = self.dead_reason()
+        return {"ok": dead is None, "name": self.name, "active": self.load,
+                "start_seconds": round(self.start_seconds, 2), "dead": dead}
 
     def close(self) -> None:
         """Shut the engine down (idempotent) and remove our served-config folder."""
@@ -333,11 +415,8 @@ class LlmEngine:
             return
         self._closed = True
         llm, self._llm = self._llm, None
-        with contextlib.suppress(Exception):  # a dead core may fail its own shutdown; we are leaving anyway
-            llm.shutdown()
-        # Drop the last reference now: AsyncLLM.__del__ would otherwise run at interpreter exit and fail.
-        del llm
-        gc.collect()
+        if llm is not None:
+            shutdown_llm(llm)
         shutil.rmtree(self._config_dir, ignore_errors=True)
 
 
@@ -347,12 +426,12 @@ class LlmPool:
     def __init__(self, options: LlmOptions) -> None:
         self.options = options
         self.resolved = resolve_checkpoint(options.model_path, max_dynamic_patch=options.max_dynamic_patch)
-        for device in options.devices:  # a bad --devices fails before the first engine spends minutes starting
-            cuda_visible_devices_for(device, os.environ.get("CUDA_VISIBLE_DEVICES"))
+        for pinned in options.devices:  # a bad --devices fails before the first engine spends minutes starting
+            cuda_visible_devices_for(pinned, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.engines: list[LlmEngine] = []
         try:
             for i in range(options.num_engines):
-                device = options.devices[i] if options.devices else None
+                device: str | None = options.devices[i] if options.devices else None
                 self.engines.append(LlmEngine(self.resolved, options, name=f"llm{i}", device=device))
         except BaseException:
             self.close()
@@ -371,9 +450,9 @@ class LlmPool:
                              max_dynamic_patch=self.options.max_dynamic_patch, state_ids=state_ids)
 
     def _pick(self) -> LlmEngine:
-        alive = [e for e in self.engines if e.health()["ok"]]
+        alive = [e for e in self.engines if e.dead_reason() is None]
         if not alive:
-            raise EngineDeadError("every LLM engine is dead; restart the server")
+            raise EngineDeadError("no LLM engine can serve now (every one is dead or restarting)")
         return min(alive, key=lambda e: e.load)
 
     async def stream(self, prompt: BuiltPrompt, request_id: str, **kwargs: object) -> AsyncIterator[StreamEvent]:

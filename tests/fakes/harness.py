@@ -47,12 +47,14 @@ def manifest() -> dict[str, Any]:
 class RunningServer:
     """create_app + a Werkzeug server on a free port, in a background thread."""
 
-    def __init__(self, options: ServerOptions | None = None, engine: FakeEngine | None = None, ssl_context=None):
+    def __init__(self, options: ServerOptions | None = None, engine: FakeEngine | None = None, ssl_context=None,
+                 port: int = 0):
+        """``port``: 0 picks a free one; a fixed one lets a test restart a server where clients expect it."""
         self.options = options or ServerOptions(no_tls=True)
         self.engine = engine or FakeEngine()
         self.app = create_app(self.options, self.engine)
         self.state = server_state(self.app)
-        self._thread = ServerThread(build_server(self.app, "127.0.0.1", 0, ssl_context))
+        self._thread = ServerThread(build_server(self.app, "127.0.0.1", port, ssl_context))
         scheme = "http" if ssl_context is None else "https"
         self.url = f"{scheme}://127.0.0.1:{self._thread.port}"
 
