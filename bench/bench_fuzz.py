@@ -4,8 +4,9 @@ plus one message far over the transport limit.
 Reports what an operator would want to know after a hostile client met the server: events sent, ``error``
 events by code (``internal`` = a server bug), tracebacks logged and exceptions escaping server threads,
 connections that neither worked nor were closed ("stuck"), whether a talking bystander kept getting answers,
-what was left after everyone left (sessions, engine conversations, threads), the server process's RSS over
-the run, and the peak RSS growth while a 200 MB message is refused. Writes ``docs/bench/bench_fuzz.json``
+what was left after everyone left (sessions, engine conversations, threads), the RSS of the process over
+the run (the server and the fuzzing clients share it), and the peak RSS growth while a 200 MB message is
+refused. Writes ``docs/bench/bench_fuzz.json``
 and ``.png``.
 
     .venv/bin/python -m bench.bench_fuzz [--events 12000] [--clients 8] [--raw 300] [--seed 0] [--no-tls]
@@ -32,10 +33,10 @@ def _plot(result: dict, path: Path) -> None:
     samples = result["samples"]
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
     t = [x["t"] for x in samples]
-    a.plot(t, [x["rss_mb"] for x in samples], "-", label="RSS (MiB)")
-    a.plot(t, [x["threads"] for x in samples], "-", label="OS threads")
+    a.plot(t, [x["rss_mb"] for x in samples], "-", label="RSS, MiB (server and fuzz clients)")
+    a.plot(t, [x["threads"] for x in samples], "-", label="OS threads (Engine.IO ping threads sleep 25 s)")
     a.plot(t, [x["sessions"] for x in samples], "-", label="open sessions")
-    a.set(xlabel="seconds", title=f"server process; {s['events_sent']} events in {s['seconds']:g} s")
+    a.set(xlabel="seconds", title=f"the process; {s['events_sent']} events in {s['seconds']:g} s")
     a.legend(fontsize=8)
     codes = s["errors_by_code"]
     b.barh(list(codes), list(codes.values()), color=["red" if k == "internal" else "tab:blue" for k in codes])

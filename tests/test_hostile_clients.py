@@ -109,6 +109,7 @@ def test_client_disconnect_packet_ends_session_and_transport(server, bystander):
     raw.send("41")
     assert raw.wait_closed(10)
     assert wait_until(lambda: len(server.state.sessions) == 1)
+    raw.close()
 
 
 # ---------------------------------------------------------------- malformed packets: closed, never stuck
@@ -134,6 +135,7 @@ def test_malformed_packet_closes_only_that_connection(server, bystander, problem
     violation_lines = [r for r in problems.records if "closing it" in r.getMessage() or "bad_packet" in r.getMessage()]
     assert len(violation_lines) == 1, [r.getMessage() for r in violation_lines]  # logged once, one line
     assert all(m[:20] not in violation_lines[0].getMessage() for m in messages if isinstance(m, str) and len(m) > 8)
+    raw.close()
 
 
 @pytest.mark.parametrize("case", sorted(DISCARDED))
