@@ -1,30 +1,41 @@
 """Keep each Socket.IO packet's Engine.IO messages contiguous on its connection.
 
 A Socket.IO event with binary data (``reply_audio``) goes out as several Engine.IO messages: a text header
-that announces N attachments, then the N binary attachments. python-socketio queues them one by one
-(``Server._send_packet``). When two threads send to one client at once (the session's writer thread with
-reply audio, the connection's reader thread with an acknowledgement), a text packet can land between a
-header and its attachment: the client then takes the text for the attachment and fails on the real one
-(``ValueError: invalid literal for int() … b'\\x00'`` in the client), losing both messages.
+that announces N attachments, then the N binary attachments, queued one by one. When two threads send to
+one client at once (the session's writer thread with reply audio, the connection's reader thread with an
+acknowledgement), a text packet can land between a header and its attachment: the client then takes the
+text for the attachment and fails on the real one (``ValueError: invalid literal for int() … b'\\x00'`` in
+the client), losing both messages.
+
+python-socketio queues messages on two paths: ``Server._send_packet`` (acknowledgements, CONNECT answers,
+disconnects) and ``Manager.emit`` (every ``emit``, which encodes once and queues each message itself).
+Both are wrapped under one lock.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
 
 def make_packet_sends_atomic(server: Any) -> None:
-    """Wrap ``server._send_packet`` (a ``socketio.Server``) so one packet's messages are queued together.
+    """Serialise ``server._send_packet`` and ``server.manager.emit`` (a ``socketio.Server``) so that one
+    packet's messages are queued together.
 
-    One lock for the server is enough: the wrapped call only puts messages on per-connection queues
-    (the Engine.IO writer threads do the I/O), so it never blocks on a slow client.
+    One lock for the server is enough: the wrapped calls only put messages on per-connection queues (the
+    Engine.IO writer threads do the I/O), so they never block on a slow client. It is re-entrant because
+    ``Manager.emit`` with a callback queues through ``_send_packet``.
     """
-    original = server._send_packet
-    lock = threading.Lock()
+    lock = threading.RLock()
 
-    def send_packet(eio_sid: str, pkt: Any) -> None:
-        with lock:
-            original(eio_sid, pkt)
+    def locked(call: Any) -> Any:
+        @functools.wraps(call)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return call(*args, **kwargs)
 
-    server._send_packet = send_packet
+        return run
+
+    server._send_packet = locked(server._send_packet)
+    server.manager.emit = locked(server.manager.emit)

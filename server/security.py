@@ -7,7 +7,6 @@ at module level: ``server.cli`` resolves the token before the engine (and the we
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -18,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from server.options import SecurityOptions, ServerOptions
-from server.tls import certificate_names
+from server.tls import certificate_names, is_ip
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +70,6 @@ def split_host(host: str) -> str | None:
     return m.group(1).strip("[]").rstrip(".").lower() or None
 
 
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
 def _is_localhost(name: str) -> bool:
     return name == "localhost" or name.endswith(".localhost")
 
@@ -115,7 +106,7 @@ class SecurityPolicy:
         name = split_host(host)
         if name is None:
             return False
-        if name in self.hosts or _is_ip(name):
+        if name in self.hosts or is_ip(name):
             return True
         return any(h.startswith(".") and (name == h[1:] or name.endswith(h)) for h in self.hosts)
 

@@ -84,10 +84,11 @@ def _covers(cert_path: Path, names: list[str]) -> bool:
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     have = {str(v) for v in san.get_values_for_type(x509.DNSName)}
     have |= {str(v) for v in san.get_values_for_type(x509.IPAddress)}
-    return all(str(ipaddress.ip_address(n)) in have if _is_ip(n) else n in have for n in names)
+    return all(str(ipaddress.ip_address(n)) in have if is_ip(n) else n in have for n in names)
 
 
-def _is_ip(name: str) -> bool:
+def is_ip(name: str) -> bool:
+    """Whether ``name`` is an IPv4 or IPv6 address (not a host name)."""
     try:
         ipaddress.ip_address(name)
     except ValueError:

@@ -36,7 +36,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny-vita"), seed=0)
 
 
-PER_TEST_THREADS = ("session-writer-", "tts-", "fake-turn-", "http-", "waiting-room")
+PER_TEST_THREADS = ("session-writer-", "tts-", "fake-turn-", "http-", "waiting-room", "test-client-loop-")
 """Name prefixes of the threads a session, a reply or a test server owns: none may outlive its test."""
 
 

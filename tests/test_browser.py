@@ -76,9 +76,13 @@ def _predicates_without_eval(page) -> None:
     page.wait_for_function = wait_for_function
 
 
-def open_page(browser, url: str):
-    page = browser.new_context(ignore_https_errors=True).new_page()
+def open_page(browser, url: str, init: str | None = None, **context):
+    """A page in its own browser context (``context``: Playwright's options for it), reporting CSP
+    violations, page errors and console errors into the returned ``problems``."""
+    page = browser.new_context(ignore_https_errors=True, **context).new_page()
     page.add_init_script(REPORT_CSP)
+    if init:
+        page.add_init_script(init)
     _predicates_without_eval(page)
     problems: list[str] = []
     page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))

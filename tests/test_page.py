@@ -22,7 +22,7 @@ from server.options import ServerOptions
 from server.tls import make_self_signed, server_context
 from tests.fakes.fake_engine import FakeConversation, FakeEngine, Script
 from tests.fakes.harness import SPEECH_DIR, RunningServer, wait_until
-from tests.test_browser import BASE_ARGS, CHROMIUM, REPORT_CSP, _predicates_without_eval, playwright  # noqa: F401
+from tests.test_browser import BASE_ARGS, CHROMIUM, open_page, playwright  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -77,17 +77,7 @@ def browser(playwright):  # noqa: F811 - the shared fixture
 
 def new_page(browser, url: str, scheme: str = "dark", viewport: dict | None = None, init: str | None = None):
     """A page in its own context (own storage), reporting CSP violations and errors into ``problems``."""
-    ctx = browser.new_context(ignore_https_errors=True, color_scheme=scheme, viewport=viewport or DESKTOP)
-    page = ctx.new_page()
-    page.add_init_script(REPORT_CSP)
-    if init:
-        page.add_init_script(init)
-    _predicates_without_eval(page)
-    problems: list[str] = []
-    page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
-    page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
-    page.goto(url)
-    return page, problems
+    return open_page(browser, url, init, color_scheme=scheme, viewport=viewport or DESKTOP)
 
 
 def shot(page, name: str, tmp_path: Path, selector: str | None = None) -> Path:

@@ -97,16 +97,6 @@ class ServerProcess:
         return self.proc.returncode
 
 
-class TlsClient(RecordingClient):
-    """The harness's recording client over ``wss://`` with the self-signed certificate accepted."""
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self.sio = socketio.Client(reconnection=False, ssl_verify=False)
-        self.sio.on("*", self._record)
-        self.sio.on("connect_error", self._on_refused)
-
-
 def _jpeg() -> bytes:
     pattern = np.zeros((360, 640, 3), np.uint8)
     pattern[:, :, 0] = np.linspace(0, 255, 640, dtype=np.uint8)
@@ -119,7 +109,7 @@ def _jpeg() -> bytes:
 _FORBIDDEN = re.compile("|".join(re.escape(t) for t in (*QWEN_SPECIAL_TOKENS, *STATE_TOKENS, "\ufffd")))
 
 
-def _reply(client: TlsClient, reply_id: str) -> tuple[str, np.ndarray, str]:
+def _reply(client: RecordingClient, reply_id: str) -> tuple[str, np.ndarray, str]:
     text = "".join(m["text"] for (m,) in client.named("reply_text") if m["reply_id"] == reply_id)
     chunks = [np.frombuffer(pcm, "<i2") for h, pcm in client.named("reply_audio") if h["reply_id"] == reply_id]
     (end,) = [m for (m,) in client.named("reply_end") if m["reply_id"] == reply_id]
@@ -134,7 +124,7 @@ def _assert_clean(text: str) -> None:
 
 
 def _converse(server: ServerProcess) -> dict[str, object]:
-    client = TlsClient(server.url).connect()
+    client = RecordingClient(server.url).connect()
     try:
         assert client.wait_for(lambda c: c.named("hello"), 10)
         frame = _jpeg()

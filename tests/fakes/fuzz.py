@@ -48,6 +48,7 @@ from tests.fakes.fake_engine import FakeConversation, FakeEngine, Script
 from tests.fakes.harness import RunningServer, load_wav, wait_until
 from tests.fakes.raw_socket import RawSocketIO, stream_oversize
 from tests.fakes.soak import camera_jpeg, process_status
+from tests.fakes.soak_client import until
 
 LINGERING = ("_send_ping", "_service_task")
 """Threads that outlive a connection on purpose: Engine.IO's ping thread sleeps ``ping_interval`` (25 s)
@@ -293,17 +294,7 @@ class AsyncRecorder:
 
     async def wait_for(self, predicate: Any, within_s: float) -> bool:
         """Until ``predicate(self)`` holds (re-checked on every event), or ``within_s`` seconds."""
-        deadline = time.monotonic() + within_s
-        while not predicate(self):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
-            except TimeoutError:
-                pass
-        return True
+        return await until(lambda: predicate(self), self.changed, within_s)
 
     async def control(self, **msg: Any) -> Any:
         """A control event, acknowledged."""

@@ -18,6 +18,7 @@ from server.app import create_app, server_state
 from server.options import ServerOptions
 from server.serving import ServerThread, build_server
 from tests.fakes.fake_engine import FakeEngine
+from tests.fakes.loop_client import LoopClient
 
 SPEECH_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "speech"
 
@@ -78,10 +79,13 @@ class RecordingClient:
     """A real python-socketio client that records every server event in arrival order."""
 
     def __init__(self, url: str) -> None:
+        """Over ``https`` the client accepts the server's self-signed certificate and runs on
+        :class:`LoopClient` (the threaded client's TLS socket is not safe to share between its threads)."""
         self.events: list[tuple[str, tuple[Any, ...]]] = []
         self.refused: str | None = None
         self._cond = threading.Condition()
-        self.sio = socketio.Client(reconnection=False)
+        self.sio: Any = (LoopClient(reconnection=False, ssl_verify=False) if url.startswith("https:")
+                         else socketio.Client(reconnection=False))
         self.sio.on("*", self._record)
         self.sio.on("connect_error", self._on_refused)
         self.url = url
@@ -143,5 +147,5 @@ class RecordingClient:
             # The server has already dropped the WebSocket after the Socket.IO disconnect packet, so
             # websocket-client would wait its full 3 s for a close frame that never comes.
             ws.close = functools.partial(type(ws).close, ws, timeout=0.1)
-        if self.sio.connected:
+        if self.sio.connected or isinstance(self.sio, LoopClient):  # a LoopClient's thread ends here too
             self.sio.disconnect()

@@ -86,6 +86,8 @@ class ClientStats:
     seq_gaps: int = 0
     bad_messages: int = 0
     """Messages the client could not take apart (a reply_audio without PCM, a packet that fails to decode)."""
+    bad_examples: list[str] = field(default_factory=list)
+    """The first few of them, cut short (what arrived in place of the PCM tells which message tore it)."""
     ack_timeouts: int = 0
     judgements: Counter[str] = field(default_factory=Counter)
     interrupts: Counter[str] = field(default_factory=Counter)
@@ -95,6 +97,23 @@ class ClientStats:
     ws_pings: int = 0
     reply_chunks: int = 0
     verdict_ms: list[float] = field(default_factory=list)
+
+
+async def until(predicate: Any, changed: asyncio.Event, seconds: float, give_up: Any = lambda: False) -> bool:
+    """Until ``predicate()`` holds, re-checked whenever ``changed`` is set (and twice a second); False after
+    ``seconds`` or once ``give_up()`` (not ``asyncio.timeout``: running out of time is an outcome to count
+    here, not an error)."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        left = deadline - time.monotonic()
+        if left <= 0 or give_up():
+            return False
+        changed.clear()
+        try:
+            await asyncio.wait_for(changed.wait(), min(left, 0.5))
+        except TimeoutError:
+            pass
+    return True
 
 
 @dataclass
@@ -159,6 +178,8 @@ class _Connection:
             reply = self.replies.get(msg.get("reply_id", ""))
             if len(args) != 2 or not isinstance(args[1], bytes) or len(args[1]) % 2:
                 s.bad_messages += 1  # e.g. another packet taken for this event's binary attachment
+                if len(s.bad_examples) < 3:
+                    s.bad_examples.append(repr(args)[:300])
             elif reply is not None:
                 s.seq_gaps += msg["seq"] != reply.next_seq
                 reply.next_seq = msg["seq"] + 1
@@ -191,19 +212,8 @@ class _Connection:
             self.stats.replies_interrupted += 1
 
     async def wait(self, predicate: Any, seconds: float) -> bool:
-        """Until ``predicate()`` holds (re-checked on every event); False after ``seconds`` or on a drop
-        (not ``asyncio.timeout``: running out of time is an outcome to count here, not an error)."""
-        deadline = time.monotonic() + seconds
-        while not predicate():
-            left = deadline - time.monotonic()
-            if left <= 0 or self.dropped:
-                return False
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), min(left, 0.5))
-            except TimeoutError:
-                pass
-        return True
+        """Until ``predicate()`` holds (re-checked on every event); False after ``seconds`` or on a drop."""
+        return await until(predicate, self.changed, seconds, give_up=lambda: self.dropped)
 
     # ------------------------------------------------------------------ the microphone and camera
 
