@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     ckpt = write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="bench-duplex-")), seed=0)
     llm = LlmOptions(model_path=ckpt, num_engines=2, dtype="float32", enforce_eager=True, max_model_len=2048,
-                     kv_cache_memory_bytes=256 << 20, max_new_tokens=64)
-    base = DuplexOptions(judge_states=(SPOKEN,), max_frames=0)
+                     kv_cache_mb=256, max_new_tokens=64)
+    base = DuplexOptions(max_frames=0)
     started = time.perf_counter()
-    engine = VitaEngine(llm, base)
+    engine = VitaEngine(llm, base, judge_states=(SPOKEN,))
     start_s = time.perf_counter() - started
     m = manifest()
     silence = np.zeros(MIC, np.int16)

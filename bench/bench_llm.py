@@ -75,7 +75,7 @@ async def _engine_timings(repeats: int) -> dict[str, object]:
 
     folder = write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="bench-tiny-")), seed=0)
     options = LlmOptions(model_path=folder, num_engines=2, dtype="float32", enforce_eager=True, max_model_len=2048,
-                         kv_cache_memory_bytes=64 << 20, max_new_tokens=128)
+                         kv_cache_mb=64, max_new_tokens=128)
     pool = LlmPool(options)
     try:
         builder = pool.prompt_builder()

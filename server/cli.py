@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from engine.interface import Engine
-from server.options import EngineOptions, ServerOptions, parse_options
+from server.options import ServerOptions, parse_command_line, print_config
 
 if TYPE_CHECKING:
     from flask import Flask
     from werkzeug.serving import BaseWSGIServer
 
-    from engine.llm.supervisor import SupervisionOptions
+    from engine.duplex.options import DuplexOptions
+    from engine.llm.options import LlmOptions
     from server.drain import Drainer
 
 log = logging.getLogger("vita_duplex")
@@ -59,64 +60,43 @@ def tiny_checkpoint(folder: Path) -> Path:
     return folder
 
 
-def llm_and_duplex_options(model_path: Path, eng: EngineOptions, tiny: bool):
-    """Map the command line onto ``LlmOptions`` and ``DuplexOptions`` (tiny: CPU-sized settings)."""
-    import torch
-
-    from engine.duplex.options import DuplexOptions
-    from engine.llm.options import LlmOptions
-    from engine.speech.options import SpeechOptions
-
-    on_cpu = not torch.cuda.is_available()
-    kv_mb = eng.kv_cache_mb or (512 if on_cpu else 0)
-    llm = LlmOptions(
-        model_path=model_path, num_engines=eng.num_engines,
-        devices=tuple(d.strip() for d in eng.devices.split(",") if d.strip()),
-        gpu_memory_share=eng.gpu_memory_share, kv_cache_memory_bytes=(kv_mb << 20) if kv_mb else None,
-        max_model_len=2048 if tiny else eng.max_model_len,
-        max_new_tokens=min(eng.max_new_tokens, 64) if tiny else eng.max_new_tokens,
-        dtype=eng.dtype, enforce_eager=eng.enforce_eager or (tiny and on_cpu),
-    )
-    # Random weights judge at random (most utterances would be "not addressed" and the demo silent),
-    # so the demo answers everything unless the operator chose a policy.
-    awakening = eng.awakening or ("always" if tiny else "model")
-    duplex = DuplexOptions(awakening=awakening, streaming=not eng.no_streaming,  # type: ignore[arg-type]
-                           max_frames=eng.max_frames, speech_device=eng.speech_device,
-                           speech=SpeechOptions(trust_checkpoint_pickles=eng.trust_checkpoint_pickles))
+def llm_and_duplex_options(options: ServerOptions, model_path: Path, tiny: bool,
+                           on_cpu: bool) -> tuple[LlmOptions, DuplexOptions]:
+    """The engine's own options, as configured, for ``model_path``; tiny: contexts and replies capped to CPU
+    size, and an unset --awakening answers everything."""
+    llm = replace(options.llm, model_path=model_path)
+    if tiny:  # the random demo checkpoint: short contexts and replies keep it quick on a CPU
+        llm = replace(llm, max_model_len=min(llm.max_model_len, 2048), max_new_tokens=min(llm.max_new_tokens, 64),
+                      enforce_eager=llm.enforce_eager or on_cpu)
+    duplex = options.duplex
+    if duplex.awakening is None:
+        # Random weights judge at random (most utterances would be "not addressed" and the demo silent),
+        # so the demo answers everything unless the operator chose a policy.
+        duplex = replace(duplex, awakening="always" if tiny else "model")
     return llm, duplex
 
 
 def load_engine(options: ServerOptions) -> Engine:
     """The VITA-1.5 engine for ``options.model_path``, or on the tiny random checkpoint when none is given."""
     try:
+        import torch
+
         from engine.duplex.engine import VitaEngine
     except ImportError as exc:
         raise EngineUnavailable(f"the engine's dependencies are not installed: {exc}") from exc
     tiny = options.model_path is None
-    folder = tiny_checkpoint(Path(options.engine.tiny_dir).expanduser()) if options.model_path is None \
+    folder = tiny_checkpoint(Path(options.tiny_dir).expanduser()) if options.model_path is None \
         else Path(options.model_path)
     if not folder.is_dir():
         raise EngineUnavailable(f"--model_path {folder} is not a folder")
-    llm, duplex = llm_and_duplex_options(folder, options.engine, tiny)
+    llm, duplex = llm_and_duplex_options(options, folder, tiny, on_cpu=not torch.cuda.is_available())
     try:
-        supervision = supervision_options(options.engine)
-    except ValueError as exc:
-        raise EngineUnavailable(str(exc)) from exc
-    try:
-        engine = VitaEngine(llm, duplex, supervision)
+        engine = VitaEngine(llm, duplex, options.restart)
     except Exception as exc:
         raise EngineUnavailable(f"cannot start VITA-1.5 from {folder}: {exc}") from exc
     if tiny:
         engine.notice_text = RANDOM_WEIGHTS_NOTICE
     return engine
-
-
-def supervision_options(eng: EngineOptions) -> SupervisionOptions:
-    """Map the --restart_* options onto the engine supervisor's (``engine.llm.supervisor``)."""
-    from engine.llm.supervisor import SupervisionOptions
-
-    return SupervisionOptions(enabled=not eng.no_restart, backoff_s=eng.restart_backoff_s,
-                              backoff_max_s=eng.restart_backoff_max_s, max_attempts=eng.restart_max_attempts)
 
 
 def tls_context(options: ServerOptions) -> ssl.SSLContext | None:
@@ -219,7 +199,11 @@ def with_access_token(options: ServerOptions) -> ServerOptions:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
-    options = parse_options(argv)
+    command = parse_command_line(argv)
+    options = command.options
+    if command.print_config:  # before the token file is read: it is the configuration, not its result
+        sys.stdout.write(print_config(options))
+        return 0
     try:
         options = with_access_token(options)
     except ValueError as exc:

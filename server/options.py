@@ -1,17 +1,23 @@
 """Every server option, typed, with its default and help text in one place.
 
-``launch.py --help`` is generated from these dataclasses, so the two can never disagree.
+:class:`ServerOptions` nests the engine's own option classes (``LlmOptions``, ``DuplexOptions``,
+``SupervisionOptions``): each value is defined once, where it is used. ``launch.py --help``, the
+``--config`` TOML file and the ``VITA_*`` environment variables are generated from these dataclasses
+(``server.config``), so they can never disagree.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.duplex.options import DuplexOptions
+from engine.llm.options import LlmOptions, SupervisionOptions
+from server.config import Option, add_arguments, build, dump_toml, merge, options_by_name, read_env, read_toml
 from server.echo import EchoOptions
 from vad.options import VadOptions
 
@@ -61,44 +67,6 @@ def default_tiny_dir() -> Path:
 
 
 @dataclass(frozen=True, slots=True)
-class EngineOptions:
-    """How the VITA-1.5 engine runs (command line: the names below). Mapped onto ``LlmOptions`` and
-    ``DuplexOptions`` by ``server.cli.load_engine``."""
-
-    num_engines: int = _opt(2, "vLLM engine instances: 2 = generator + monitor (full duplex), 1 = shared")
-    devices: str = _opt("", "comma-separated device per engine, e.g. cuda:0,cuda:1; empty = both on one GPU")
-    gpu_memory_share: float = _opt(0.42, "GPU memory fraction per engine (two on one GPU stay under 0.9)")
-    kv_cache_mb: int = _opt(0, "KV cache per engine in MiB (0: from --gpu_memory_share; on CPU 0 means 512)")
-    max_model_len: int = _opt(8192, "context length: history + media tokens + reply")
-    max_new_tokens: int = _opt(512, "longest reply in tokens")
-    dtype: str = _opt("auto", "LLM dtype (auto = the checkpoint's)")
-    enforce_eager: bool = _opt(False, "skip graph capture / torch.compile (faster start, slower decode)")
-    awakening: str | None = _opt(
-        None, "non-awakening policy: 'model' = the model's first token (☞/☟) decides whether an utterance "
-        "is for the assistant (chatter is ignored and does not interrupt); 'always' = answer every utterance. "
-        "Unset: 'model' with --model_path; 'always' for the random demo checkpoint, whose verdicts are noise",
-        choices=["model", "always"],
-    )
-    no_streaming: bool = _opt(False, "generate the whole answer before speaking (the reference demo's way)")
-    max_frames: int = _opt(2, "camera frames per turn, evenly spaced over the utterance")
-    speech_device: str | None = _opt(None, "device of the speech head; unset = CUDA when present, else CPU")
-    trust_checkpoint_pickles: bool = _opt(
-        False, "unpickle the speech checkpoints (vita_tts_ckpt/*/final.pt) in full when they hold objects "
-        "besides weights and training bookkeeping; pickles can run code: only for files you trust"
-    )
-    tiny_dir: str = _opt(str(default_tiny_dir()), "where the random tiny checkpoint is made when no --model_path")
-    restart_backoff_s: float = _opt(
-        1.0, "seconds before a dead vLLM engine is restarted (the other keeps serving); doubled after each "
-        "failed attempt"
-    )
-    restart_backoff_max_s: float = _opt(30.0, "longest wait between restart attempts of a dead vLLM engine")
-    restart_max_attempts: int = _opt(
-        10, "consecutive failed restarts after which an engine is given up (/healthz then fails); 0 = never"
-    )
-    no_restart: bool = _opt(False, "leave a dead vLLM engine dead (until the server is restarted)")
-
-
-@dataclass(frozen=True, slots=True)
 class SecurityOptions:
     """Who may reach the server: Host names it answers to and an optional access token (docs/protocol.md)."""
 
@@ -108,10 +76,12 @@ class SecurityOptions:
         "(only behind a proxy that checks it). Other Hosts get 400: protects against DNS rebinding"
     )
     # repr=False: the token must never show up in a log line or a traceback that prints the options
-    access_token: str | None = field(default=None, repr=False, metadata={"help": (
-        "token the page's socket and /metrics (Authorization: Bearer) must present; unset = no token. "
-        "Visible in the process list: prefer --access_token_file or $VITA_ACCESS_TOKEN")})
-    access_token_file: str | None = _opt(None, "file whose first line is the access token (see --access_token)")
+    access_token: str | None = field(default=None, repr=False, metadata={"secret": True, "excludes": "access_token_file",
+        "help": "token the page's socket and /metrics (Authorization: Bearer) must present; unset = no token. "
+                "Visible in the process list: prefer --access_token_file or $VITA_ACCESS_TOKEN"})
+    access_token_file: str | None = _opt(
+        None, "file whose first line is the access token (see --access_token)", excludes="access_token"
+    )
 
     def __post_init__(self) -> None:
         if self.access_token and self.access_token_file:
@@ -148,6 +118,7 @@ class ServerOptions:
         None, "operator opt-in: write each utterance as WAV here (nothing is written to disk without it)"
     )
     log_level: str = _opt("INFO", "logging level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    tiny_dir: str = _opt(str(default_tiny_dir()), "where the random tiny checkpoint is made when no --model_path")
     drain_s: float = _opt(
         30.0, "on SIGTERM: refuse new clients, tell connected ones (server_draining), let their replies finish "
         "for up to this many seconds, then close the sessions and exit 0 (a second SIGTERM stops at once)"
@@ -155,7 +126,13 @@ class ServerOptions:
     vad: VadOptions = field(default_factory=VadOptions, metadata={"group": "VAD / end of turn", "prefix": "vad_"})
     limits: LimitOptions = field(default_factory=LimitOptions, metadata={"group": "limits", "prefix": ""})
     echo: EchoOptions = field(default_factory=EchoOptions, metadata={"group": "echo guard", "prefix": "echo_"})
-    engine: EngineOptions = field(default_factory=EngineOptions, metadata={"group": "engine", "prefix": ""})
+    llm: LlmOptions = field(default_factory=LlmOptions, metadata={"group": "LLM (vLLM engines)", "prefix": ""})
+    duplex: DuplexOptions = field(
+        default_factory=DuplexOptions, metadata={"group": "duplex turns and speech", "prefix": ""}
+    )
+    restart: SupervisionOptions = field(
+        default_factory=SupervisionOptions, metadata={"group": "engine restarts", "prefix": "restart_"}
+    )
     security: SecurityOptions = field(
         default_factory=SecurityOptions, metadata={"group": "security", "prefix": ""}
     )
@@ -177,68 +154,56 @@ class ServerOptions:
             raise ValueError("timeout and camera_fps must be positive")
 
 
-def _flags(name: str) -> list[str]:
-    """Reference spelling (underscores) plus the dashed one: ``--max_users`` and ``--max-users``."""
-    dashed = name.replace("_", "-")
-    return [f"--{name}"] if dashed == name else [f"--{name}", f"--{dashed}"]
-
-
-_ARG_TYPES = {"float": float, "int": int, "str": str, "str | None": str}
-
-
-def _add_fields(group: Any, cls: type, prefix: str) -> None:
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        if "prefix" in f.metadata:
-            continue
-        default = getattr(defaults, f.name)
-        dest = f"{prefix}{f.name}"
-        kw: dict[str, Any] = {"dest": dest, "default": default, "help": f.metadata["help"] + " (default: %(default)s)"}
-        if isinstance(default, bool):
-            if default:  # an option that is on by default needs a way to turn it off: --no-<name>
-                group.add_argument(*_flags(dest), action=argparse.BooleanOptionalAction, **kw)
-            else:
-                group.add_argument(*_flags(dest), action="store_true", **kw)
-            continue
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        kw["type"] = _ARG_TYPES[str(f.type)]
-        group.add_argument(*_flags(dest), **kw)
+def _table() -> dict[str, Option]:
+    return options_by_name(ServerOptions)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line, generated from :class:`ServerOptions` and its nested option groups."""
+    """The command line, generated from :class:`ServerOptions` and the option groups nested in it."""
     parser = argparse.ArgumentParser(
         prog="launch.py",
-        description="vita-duplex: real-time full-duplex voice + vision server for VITA-1.5.",
+        description="vita-duplex: real-time full-duplex voice + vision server for VITA-1.5. Every option can "
+        "also be set in a TOML file (--config, keys = the option names) or as $VITA_<NAME>; precedence: "
+        "command line > environment > config file > defaults.",
     )
-    _add_fields(parser, ServerOptions, "")
-    for f in dataclasses.fields(ServerOptions):
-        if "prefix" in f.metadata:
-            group = parser.add_argument_group(f.metadata["group"])
-            _add_fields(group, _group_class(f), f.metadata["prefix"])
+    parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="TOML file of options (flat keys named as below, e.g. max_users = 4) (default: none)")
+    parser.add_argument("--print-config", "--print_config", dest="print_config", action="store_true",
+                        default=argparse.SUPPRESS,
+                        help="print the effective configuration as TOML (secrets masked) and exit (default: off)")
+    add_arguments(parser, _table())
     return parser
 
 
-def _group_class(f: dataclasses.Field[Any]) -> type:
-    """The options class of a nested group field (its default factory)."""
-    factory = f.default_factory
-    assert callable(factory), f.name
-    return type(factory())
+@dataclass(frozen=True, slots=True)
+class CommandLine:
+    """What ``launch.py`` was asked to do."""
+
+    options: ServerOptions
+    print_config: bool = False
 
 
-def parse_options(argv: list[str] | None = None) -> ServerOptions:
-    """Parse the command line into :class:`ServerOptions` (argparse errors exit with usage)."""
+def parse_command_line(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> CommandLine:
+    """Options from the command line, ``$VITA_*`` and ``--config`` (in that precedence); errors exit with
+    usage and status 2, naming the option and where it came from."""
     parser = build_parser()
-    ns = vars(parser.parse_args(argv))
-    nested: dict[str, Any] = {}
+    table = _table()
+    given = vars(parser.parse_args(argv))
+    config, show = given.pop("config", None), bool(given.pop("print_config", False))
     try:
-        for f in dataclasses.fields(ServerOptions):
-            if "prefix" in f.metadata:
-                cls = _group_class(f)
-                p = f.metadata["prefix"]
-                nested[f.name] = cls(**{g.name: ns.pop(f"{p}{g.name}") for g in dataclasses.fields(cls)})
-        return ServerOptions(**ns, **nested)
-    except ValueError as exc:
+        from_file = read_toml(config, table) if config else {}
+        from_env = read_env(os.environ if environ is None else environ, table)
+        options = build(ServerOptions, merge([from_file, from_env, given], table), table)
+    except ValueError as exc:  # ConfigError included: both name what was wrong
         parser.error(str(exc))
-        raise  # unreachable: parser.error exits
+    return CommandLine(options, show)
+
+
+def parse_options(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerOptions:
+    """:func:`parse_command_line`'s options."""
+    return parse_command_line(argv, environ).options
+
+
+def print_config(options: ServerOptions) -> str:
+    """The effective configuration as TOML, loadable with ``--config``; the access token is masked."""
+    return dump_toml(options, _table())

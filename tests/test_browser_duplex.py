@@ -22,12 +22,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 @pytest.fixture(scope="module")
 def vita(tiny_checkpoint):
     llm = LlmOptions(model_path=tiny_checkpoint, num_engines=2, dtype="float32", enforce_eager=True,
-                     max_model_len=2048, kv_cache_memory_bytes=64 << 20, max_new_tokens=64)
+                     max_model_len=2048, kv_cache_mb=64, max_new_tokens=64)
     # every utterance is judged addressed (forced through the monitor's allowed tokens)
     # Random weights answer camera frames with unspeakable text ('#'), so this engine answers from speech
     # only (frames still flow from the page); the default clause length cap keeps answers long enough
     # to be talked over.
-    engine = VitaEngine(llm, DuplexOptions(judge_states=(SPOKEN,), max_frames=0, speech=SpeechOptions()))
+    engine = VitaEngine(llm, DuplexOptions(max_frames=0, speech=SpeechOptions()), judge_states=(SPOKEN,))
     engine.notice_text = "Replies are noise: the weights are random."
     yield engine
     engine.close()

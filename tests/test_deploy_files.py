@@ -35,7 +35,7 @@ DRAIN_DEFAULT_S = 30  # --drain_s default (docs/deploy.md); the grace periods mu
 PORT = 8081  # the image's EXPOSE and every manifest's port
 MODEL_DIR = "/models/vita"
 # Options other helpers are adding right now; once in `launch.py --help` they are checked like the others.
-PENDING_FLAGS = {"--drain_s", "--allowed_hosts", "--access_token", "--access_token_file", "--tensor_parallel_size"}
+PENDING_FLAGS = {"--drain_s", "--allowed_hosts", "--access_token", "--access_token_file"}
 # Flags of other tools (docker, compose, systemctl, kubectl) that the docs and comments show.
 FOREIGN_FLAGS = {"--gpus", "--shm-size", "--stop-timeout", "--name", "--build-arg", "--build", "--no-deps",
                  "--now", "--from-literal"}

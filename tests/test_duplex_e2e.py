@@ -33,7 +33,7 @@ SILENCE = np.zeros(16000, np.int16)
 @pytest.fixture(scope="module")
 def vita(tiny_checkpoint):
     llm = LlmOptions(model_path=tiny_checkpoint, num_engines=2, dtype="float32", enforce_eager=True,
-                     max_model_len=2048, kv_cache_memory_bytes=64 << 20, max_new_tokens=48)
+                     max_model_len=2048, kv_cache_mb=64, max_new_tokens=48)
     engine = VitaEngine(llm, DuplexOptions(speech=SpeechOptions(max_seconds_per_token=0.25)))
     yield engine
     engine.close()

@@ -61,11 +61,16 @@ def test_heard_text_follows_the_played_samples():
 
 
 def test_duplex_options_are_checked():
+    from engine.duplex.engine import check_judge_states
+
     with pytest.raises(ValueError):
         DuplexOptions(awakening="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        DuplexOptions(judge_states=("☜",))
-    assert DuplexOptions().awakening == "model" and DuplexOptions().streaming
+        check_judge_states(("☜",))
+    with pytest.raises(ValueError):
+        check_judge_states(())
+    # unset: the engine judges with the model; the launcher answers everything on the random checkpoint
+    assert DuplexOptions().awakening is None and DuplexOptions().streaming
 
 
 def test_echo_guard_compares_mic_with_what_is_playing():

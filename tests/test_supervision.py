@@ -243,7 +243,7 @@ START_S = 420  # a restart on 2 shared cores, at worst
 @pytest.fixture(scope="module")
 def vita(tiny_checkpoint):
     llm = LlmOptions(model_path=tiny_checkpoint, num_engines=2, dtype="float32", enforce_eager=True,
-                     max_model_len=2048, kv_cache_memory_bytes=64 << 20, max_new_tokens=32)
+                     max_model_len=2048, kv_cache_mb=64, max_new_tokens=32)
     engine = VitaEngine(llm, DuplexOptions(speech=SpeechOptions(max_seconds_per_token=0.25)),
                         SupervisionOptions(backoff_s=1.0))
     yield engine

@@ -43,7 +43,7 @@ def jpeg(width: int, height: int) -> bytes:
 @pytest.fixture(scope="module")
 def pool(tiny_checkpoint):
     options = LlmOptions(model_path=tiny_checkpoint, num_engines=2, dtype="float32", enforce_eager=True,
-                         max_model_len=2048, kv_cache_memory_bytes=64 << 20, max_new_tokens=64, max_images=3,
+                         max_model_len=2048, kv_cache_mb=64, max_new_tokens=64, max_images=3,
                          max_dynamic_patch=2)
     engines = LlmPool(options)
     yield engines

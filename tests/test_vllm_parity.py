@@ -39,7 +39,7 @@ def engine(mm: Path, request: pytest.FixtureRequest):
     resolved = resolve_checkpoint(mm, max_dynamic_patch=1)
     assert resolved.layout == "demo" and not resolved.has_tokenizer
     options = LlmOptions(model_path=mm, num_engines=1, dtype=request.param, enforce_eager=True, max_model_len=2048,
-                         kv_cache_memory_bytes=64 << 20, max_new_tokens=16, max_images=2)
+                         kv_cache_mb=64, max_new_tokens=16, max_images=2)
     served = LlmEngine(resolved, options)
     yield served
     served.close()

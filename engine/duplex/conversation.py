@@ -97,7 +97,7 @@ class DuplexConversation(Conversation):
         self._engine = engine
         self._sink = sink
         self._options = engine.options
-        self._history = ConversationHistory(max_turns=engine.options.history_turns)
+        self._history = ConversationHistory(max_turns=engine.llm_options.history_turns)
         self._turns: dict[str, _Turn] = {}  # running turns by reply id (loop thread writes)
         self._last: _Turn | None = None  # the latest answered turn, not yet in the history
         self._generator = 0  # index of this conversation's generator engine
@@ -284,7 +284,7 @@ class DuplexConversation(Conversation):
         worker.start()
         visible = ReplyTextDecoder(eng.token_bytes)
         try:
-            async for event in self._stream(turn, index, prompt, req.reply_id, max_new_tokens=opts.max_new_tokens):
+            async for event in self._stream(turn, index, prompt, req.reply_id):
                 if isinstance(event, TextChunk):
                     self._show(turn, synth, visible.feed(event.token_ids))
                 else:

@@ -25,12 +25,22 @@ from engine.interface import Engine, EngineStatus, EventSink
 from engine.llm.engine import LlmPool
 from engine.llm.errors import EngineDeadError
 from engine.llm.options import LlmOptions
+from engine.llm.prompt import NOT_ADDRESSED, SPOKEN
 from engine.llm.reply_text import TokenBytes
 from engine.llm.state_tokens import StateTokens
 from engine.llm.supervisor import EngineSupervisor, SupervisionOptions
 from engine.speech.head import SpeechHead
 
 log = logging.getLogger(__name__)
+
+
+def check_judge_states(states: tuple[str, ...]) -> None:
+    """Raise ValueError unless ``states`` is a non-empty subset of ☞ ☟."""
+    if not states or any(s not in JUDGE_STATES for s in states):
+        raise ValueError(f"judge_states must be a non-empty subset of ☞ ☟, got {states!r}")
+
+JUDGE_STATES = (SPOKEN, NOT_ADDRESSED)
+"""What the monitor chooses between in production: answer (☞) or ignore (☟)."""
 
 RESTART_JOIN_S = 180.0
 """How long :meth:`VitaEngine.close` waits for an engine restart in progress (a start cannot be cut short)."""
@@ -52,10 +62,16 @@ class VitaEngine(Engine):
     """The full-duplex VITA-1.5 engine: LLM pool, speech head and the loop thread that drives them."""
 
     def __init__(self, llm_options: LlmOptions, options: DuplexOptions | None = None,
-                 supervision: SupervisionOptions | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 supervision: SupervisionOptions | None = None, clock: Callable[[], float] = time.monotonic,
+                 *, judge_states: tuple[str, ...] = JUDGE_STATES) -> None:
+        """``judge_states``: the states the monitor may choose among; tests and benches narrow it to one to
+        force a verdict (not a production option, so not in ``DuplexOptions``)."""
+        check_judge_states(judge_states)
+        if llm_options.model_path is None:
+            raise ValueError("LlmOptions.model_path is required")
+        folder = Path(llm_options.model_path)
         self.options = options or DuplexOptions()
-        if self.options.history_turns > llm_options.history_turns:
-            raise ValueError("history_turns cannot exceed the LLM options' history_turns (audio slots per prompt)")
+        self.llm_options = llm_options
         self.loop = LoopThread()
         self.pool: LlmPool | None = None
         self.supervisor: EngineSupervisor | None = None
@@ -70,7 +86,7 @@ class VitaEngine(Engine):
             tokenizer = self.pool.engines[0].tokenizer
             self.states = StateTokens.from_tokenizer(tokenizer)
             """Each state token's spelling (one token in Qwen2.5's vocabulary; several in others)."""
-            self.judge = self.states.judge_plan(self.options.judge_states)
+            self.judge = self.states.judge_plan(judge_states)
             """The monitor's verdict: the states' shared prefix, then one distinguishing token."""
             self.builder = self.pool.prompt_builder(self.states.ids)
             self.token_bytes = TokenBytes.from_tokenizer(tokenizer)
@@ -78,7 +94,6 @@ class VitaEngine(Engine):
             device = torch.device(self.options.speech_device) if self.options.speech_device else None
             if (device is None and not torch.cuda.is_available()) or (device is not None and device.type == "cpu"):
                 torch.set_num_threads(self.options.cpu_threads)  # the AR decoder is latency-bound on CPU
-            folder = Path(llm_options.model_path)
             self.head = SpeechHead.from_checkpoint(folder / "vita_tts_ckpt", folder, device, self.options.speech)
         except BaseException:
             self.close()

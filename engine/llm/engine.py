@@ -130,6 +130,21 @@ def cuda_visible_devices_for(device: str | None, visible: str | None) -> str | N
     return entries[index]
 
 
+def visible_devices_for_group(group: str | None, visible: str | None) -> str | None:
+    """``CUDA_VISIBLE_DEVICES`` for an engine on a device group ``cuda:0+cuda:1`` (tensor parallelism: vLLM's
+    workers take the visible GPUs in order); one device is a group of one. ``None``: no pin."""
+    if not group:
+        return None
+    pinned = [cuda_visible_devices_for(d.strip(), visible) for d in group.split("+")]
+    if all(p is None for p in pinned):
+        return None
+    if any(p is None for p in pinned):
+        raise ValueError(f"device group {group!r}: pin every member to a CUDA device, or none")
+    if len(set(pinned)) != len(pinned):
+        raise ValueError(f"device group {group!r} names a GPU twice")
+    return ",".join(p for p in pinned if p is not None)
+
+
 _ENV_LOCK = threading.Lock()
 """Held while the environment is pinned for a spawn: two engines (re)starting at once on two threads must
 not see each other's ``CUDA_VISIBLE_DEVICES``. (``--devices`` pins every engine or none.)"""
@@ -142,12 +157,12 @@ def _visible_device(device: str | None) -> Iterator[None]:
     ``cuda:N`` is mapped through an existing ``CUDA_VISIBLE_DEVICES`` (see :func:`cuda_visible_devices_for`);
     the operator's value is restored afterwards.
     """
-    if cuda_visible_devices_for(device, os.environ.get("CUDA_VISIBLE_DEVICES")) is None:
+    if visible_devices_for_group(device, os.environ.get("CUDA_VISIBLE_DEVICES")) is None:
         yield  # nothing to pin: unpinned engines (the usual case) start in parallel
         return
     with _ENV_LOCK:
         old = os.environ.get("CUDA_VISIBLE_DEVICES")
-        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices_for(device, old) or ""
+        os.environ["CUDA_VISIBLE_DEVICES"] = visible_devices_for_group(device, old) or ""
         try:
             yield
         finally:
@@ -177,6 +192,28 @@ def shutdown_llm(llm: Any) -> None:
     # Drop the last reference now: AsyncLLM.__del__ would otherwise run at interpreter exit and fail.
     del llm
     gc.collect()
+
+
+def engine_args(options: LlmOptions, resolved: ResolvedCheckpoint, config_dir: Path,
+                on_cpu: bool | None = None) -> Any:
+    """vLLM's ``AsyncEngineArgs`` for one engine of ``options`` serving ``resolved`` (its served config in
+    ``config_dir``). ``on_cpu``: whether no CUDA device is present (asked of torch when ``None``)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    if on_cpu is None:
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    return AsyncEngineArgs(
+        model=str(resolved.folder), hf_config_path=str(config_dir),
+        tokenizer=str(config_dir) if resolved.has_tokenizer else None,
+        skip_tokenizer_init=not resolved.has_tokenizer, dtype=options.dtype,  # type: ignore[arg-type]
+        enforce_eager=options.enforce_eager, max_model_len=options.max_model_len,
+        tensor_parallel_size=options.tensor_parallel_size,
+        gpu_memory_utilization=options.gpu_memory_share, kv_cache_memory_bytes=options.kv_cache_bytes(on_cpu),
+        generation_config="vllm",  # the release's generation config is not the demo's; we set sampling
+        limit_mm_per_prompt={"image": options.max_images, "audio": options.history_turns + 1},
+    )
 
 
 class LlmEngine:
@@ -215,19 +252,9 @@ class LlmEngine:
         Safe on a thread without a running event loop: vLLM then binds its output handler to the loop
         of the first request, so a restart can run beside a loop that keeps serving the other engine.
         """
-        from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        options, resolved = self.options, self.resolved
-        args = AsyncEngineArgs(
-            model=str(resolved.folder), hf_config_path=str(self._config_dir),
-            tokenizer=str(self._config_dir) if resolved.has_tokenizer else None,
-            skip_tokenizer_init=not resolved.has_tokenizer, dtype=options.dtype,  # type: ignore[arg-type]
-            enforce_eager=options.enforce_eager, max_model_len=options.max_model_len,
-            gpu_memory_utilization=options.gpu_memory_share, kv_cache_memory_bytes=options.kv_cache_memory_bytes,
-            generation_config="vllm",  # the release's generation config is not the demo's; we set sampling
-            limit_mm_per_prompt={"image": options.max_images, "audio": options.history_turns + 1},
-        )
+        args = engine_args(self.options, self.resolved, self._config_dir)
         with _visible_device(self.device):
             return AsyncLLM.from_engine_args(args)
 
@@ -424,10 +451,12 @@ class LlmPool:
     """One or two :class:`LlmEngine` on one resolved checkpoint, with prompt building and routing."""
 
     def __init__(self, options: LlmOptions) -> None:
+        if options.model_path is None:
+            raise ValueError("LlmOptions.model_path is required to start engines")
         self.options = options
         self.resolved = resolve_checkpoint(options.model_path, max_dynamic_patch=options.max_dynamic_patch)
         for pinned in options.devices:  # a bad --devices fails before the first engine spends minutes starting
-            cuda_visible_devices_for(pinned, os.environ.get("CUDA_VISIBLE_DEVICES"))
+            visible_devices_for_group(pinned, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.engines: list[LlmEngine] = []
         try:
             for i in range(options.num_engines):

@@ -25,34 +25,11 @@ from typing import Any
 
 from engine.interface import EngineState, EngineStatus
 from engine.llm.engine import LlmEngine, shutdown_llm
+from engine.llm.options import SupervisionOptions
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class SupervisionOptions:
-    """How dead engines are restarted."""
-
-    enabled: bool = True
-    """Restart dead engines at all (off: a dead engine stays dead until the server restarts)."""
-    backoff_s: float = 1.0
-    """Wait before the first restart attempt after a death; doubled after each failed attempt."""
-    backoff_max_s: float = 30.0
-    """Longest wait between attempts."""
-    max_attempts: int = 10
-    """Consecutive failed attempts after which the engine is given up (``dead``); 0: never give up."""
-    stable_s: float = 60.0
-    """A restarted engine that serves this long starts its next crash with a fresh backoff."""
-    watch_s: float = 0.5
-    """How often the supervisor looks at the engines (a death is noticed within this)."""
-
-    def __post_init__(self) -> None:
-        if self.backoff_s <= 0 or self.backoff_max_s < self.backoff_s:
-            raise ValueError("restart backoff must be positive, and its cap at least the first wait")
-        if self.max_attempts < 0 or self.stable_s < 0 or self.watch_s <= 0:
-            raise ValueError("max_attempts and stable_s must be >= 0, watch_s > 0")
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from engine.speech.codec import Codec
 from engine.speech.conditioning import EmbeddingTable, TextTokenizer, token_ids_for
 from engine.speech.decoder import SpeechDecoder
 from engine.speech.errors import SpeechCheckpointError, SpeechInputError
-from engine.speech.options import SpeechOptions
+from engine.speech.options import ReferenceStreamOptions, SpeechOptions
 from engine.speech.pcm import to_pcm16
 from engine.speech.sampler import CodeSampler, undecodable_mask
 from engine.speech.streaming import ReferenceChunker, StreamingVocoder
@@ -60,7 +60,10 @@ class SpeechHead:
         table: EmbeddingTable | None,
         options: SpeechOptions | None = None,
         report: SpeechHeadReport | None = None,
+        reference: ReferenceStreamOptions | None = None,
     ) -> None:
+        """``reference``: stream with the public demo's chunker instead of the project's (tests and parity
+        checks; not a production option)."""
         if codec.cfg.n_codes != decoder.cfg.odim:
             raise SpeechCheckpointError(
                 f"codec has {codec.cfg.n_codes} codes but the decoder emits {decoder.cfg.odim}"
@@ -71,6 +74,7 @@ class SpeechHead:
             )
         self.decoder, self.codec, self.table = decoder, codec, table
         self.options = options or SpeechOptions()
+        self.reference = reference
         self.report = report
         self.mask = undecodable_mask(decoder.cfg, codec.cfg.n_codes)
         self.batcher = StepBatcher(decoder)
@@ -82,6 +86,7 @@ class SpeechHead:
         llm_folder: Path | None = None,
         device: str | torch.device | None = None,
         options: SpeechOptions | None = None,
+        reference: ReferenceStreamOptions | None = None,
     ) -> SpeechHead:
         """Load ``tts_folder/{decoder,codec}`` and (optionally) the LLM embedding table of ``llm_folder``.
 
@@ -99,7 +104,7 @@ class SpeechHead:
         for name, rep in (("decoder", dec_report), ("codec", codec_report)):
             if rep.unexpected:
                 log.warning("speech %s checkpoint has %d unused keys, e.g. %s", name, len(rep.unexpected), rep.unexpected[:3])
-        return cls(decoder, codec, table, options, report)
+        return cls(decoder, codec, table, options, report, reference)
 
     def code_cap(self, num_tokens: int) -> int:
         """Most codes one clause of ``num_tokens`` tokens may produce."""
@@ -265,10 +270,9 @@ class ReplySynthesizer:
             self.codes_before_first_audio = chunker.codes_before_first_audio
 
     def _chunker(self, first: bool) -> StreamingVocoder | ReferenceChunker:
-        codec, opts = self.head.codec, self.head.options
-        if opts.stream_mode == "fast":
-            return StreamingVocoder(codec.decode, codec.samples_per_code, opts.streaming)
-        ref = opts.reference
+        codec, ref = self.head.codec, self.head.reference
+        if ref is None:
+            return StreamingVocoder(codec.decode, codec.samples_per_code, self.head.options.streaming)
         return ReferenceChunker(
             codec.decode,
             codec.samples_per_code,
@@ -279,9 +283,10 @@ class ReplySynthesizer:
         )
 
     def _post(self, segments: list[np.ndarray], first: bool) -> Iterator[np.ndarray]:
-        trim = self.head.options.reference.trim_first_below
+        ref = self.head.reference
+        trim = ref.trim_first_below if ref is not None else None
         for seg in segments:
-            if self.head.options.stream_mode == "reference" and first and trim is not None:
+            if first and trim is not None:
                 loud = np.flatnonzero(np.abs(seg) > trim)
                 seg = seg[loud[0] :] if loud.size else seg[:0]
             yield seg

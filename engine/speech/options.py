@@ -1,19 +1,21 @@
-"""Every option of the speech head, typed, with its default, in one place."""
+"""Every option of the speech head, typed, with its default, in one place.
+
+The attribute docstrings of :class:`SpeechOptions` are the help text of ``launch.py --help``
+(``--speech_*``). :class:`ReferenceStreamOptions` is not a production option: tests and the parity checks
+hand it to :class:`~engine.speech.head.SpeechHead` to reproduce the public demo's chunker.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from engine.speech.streaming import StreamingOptions
 from engine.speech.text_front import ClauseOptions
 
-StreamMode = Literal["fast", "reference"]
-
 
 @dataclass(frozen=True, slots=True)
 class ReferenceStreamOptions:
-    """The public demo's chunker settings (docs/model.md, "Reference chunker"), for ``reference`` mode."""
+    """The public demo's chunker settings (docs/model.md, "Reference chunker"); tests and parity checks only."""
 
     first_chunk_codes: int = 20
     later_chunk_codes: int = 40
@@ -38,12 +40,10 @@ class SpeechOptions:
     batch_sessions: bool = True
     """Run the AR steps of sessions decoding at the same moment as one batched step (no lock, one
     read of the weights per step); ``False``: each session steps on its own, still without a lock."""
-    stream_mode: StreamMode = "fast"
-    """``fast``: the project's 10-code first chunk; ``reference``: the demo's 30/50-code chunker."""
     streaming: StreamingOptions = field(default_factory=StreamingOptions)
-    reference: ReferenceStreamOptions = field(default_factory=ReferenceStreamOptions)
     clauses: ClauseOptions = field(default_factory=ClauseOptions)
-    trust_checkpoint_pickles: bool = False
+    # The command line's name has no speech_ prefix (it was an option before the speech group existed).
+    trust_checkpoint_pickles: bool = field(default=False, metadata={"name": "trust_checkpoint_pickles"})
     """The ``vita_tts_ckpt`` ``final.pt`` files are read without arbitrary unpickling: tensors, plain
     containers and a short allow-list of training bookkeeping (numpy scalars, ``argparse.Namespace``; see
     ``engine.speech.checkpoint``). A file holding any other pickled object is refused with an error naming
@@ -53,5 +53,3 @@ class SpeechOptions:
     def __post_init__(self) -> None:
         if self.top_k < 1 or self.max_codes < 1 or self.max_seconds_per_token <= 0:
             raise ValueError("top_k and max_codes must be >= 1 and max_seconds_per_token > 0")
-        if self.stream_mode not in ("fast", "reference"):
-            raise ValueError(f"unknown stream_mode {self.stream_mode!r}")

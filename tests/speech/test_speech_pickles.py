@@ -140,9 +140,9 @@ def test_server_flag_reaches_the_speech_options(tmp_path: Path) -> None:
     from server.cli import llm_and_duplex_options
     from server.options import parse_options
 
-    assert parse_options([]).engine.trust_checkpoint_pickles is False
-    options = parse_options(["--trust_checkpoint_pickles"])
-    assert options.engine.trust_checkpoint_pickles is True
-    assert parse_options(["--trust-checkpoint-pickles"]).engine.trust_checkpoint_pickles is True
-    _, duplex = llm_and_duplex_options(tmp_path, options.engine, tiny=False)
+    assert parse_options([], {}).duplex.speech.trust_checkpoint_pickles is False
+    options = parse_options(["--trust_checkpoint_pickles"], {})
+    assert options.duplex.speech.trust_checkpoint_pickles is True
+    assert parse_options(["--trust-checkpoint-pickles"], {}).duplex.speech.trust_checkpoint_pickles is True
+    _, duplex = llm_and_duplex_options(options, tmp_path, tiny=False, on_cpu=True)
     assert duplex.speech.trust_checkpoint_pickles is True
