@@ -222,7 +222,8 @@ def _add_socket_handlers(socketio: SocketIO, state: ServerState) -> None:
         session.flush()
         return True
 
-    guard = PacketGuard(server, P.CLIENT_EVENTS, options.limits.max_message_bytes, on_bad_event, on_violation)
+    guard = PacketGuard(server, P.CLIENT_EVENTS, options.limits.max_message_bytes, on_bad_event, on_violation,
+                        options.limits.connect_timeout_s)
     state.guard = guard.install()
 
     def end_connection(sid: str, eio_sid: str) -> None:

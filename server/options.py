@@ -58,6 +58,9 @@ class LimitOptions:
         16_000_000, "transport limit for one Socket.IO message; bigger ones close the connection (code 1009)"
     )
     max_errors_per_s: float = _opt(10, "error events sent to one client per second (more are only logged)")
+    connect_timeout_s: float = _opt(
+        10.0, "seconds a new connection has to send its Socket.IO CONNECT; then it is closed (idle sockets hold threads)"
+    )
 
 
 def default_tiny_dir() -> Path:

@@ -19,7 +19,10 @@ the app answers them (``on_bad_event``: an ``error`` event ``bad_type``). Anythi
 and the connection is closed. Messages that arrive after that are dropped silently.
 
 The guard also closes the transport after a client's ``DISCONNECT`` (the server serves one namespace, so
-the connection has nothing left to carry), and serialises the messages of one connection (long-polling
+the connection has nothing left to carry), closes a connection that has not connected to the namespace
+within ``connect_timeout_s`` (an Engine.IO connection that never sends ``CONNECT``, or stays after a
+refused one, answers pings forever and holds two threads: python-socketio sets no such deadline), and
+serialises the messages of one connection (long-polling
 POSTs may arrive on several threads at once).
 """
 
@@ -71,6 +74,7 @@ class _Connection:
     attachments_due: int = 0
     attachment_bytes: int = 0
     held: BadEvent | None = None  # a refused binary event whose attachments are being swallowed
+    deadline: threading.Timer | None = None  # closes the connection unless it connects to the namespace first
 
 
 class _Malformed(Exception):
@@ -111,6 +115,7 @@ class PacketGuard:
         max_bytes: int,
         on_bad_event: Callable[[str, BadEvent], None],
         on_violation: Callable[[str, Violation], bool],
+        connect_timeout_s: float = 10.0,
     ) -> None:
         """``server``: a ``socketio.Server``; ``on_violation(eio_sid, v)`` returns whether it told (and
         logged to) a session, otherwise the guard logs the violation itself."""
@@ -119,6 +124,7 @@ class PacketGuard:
         self.max_bytes = max_bytes
         self.on_bad_event = on_bad_event
         self.on_violation = on_violation
+        self.connect_timeout_s = connect_timeout_s
         self.counts: Counter[str] = Counter()
         """Violations (connections closed) by kind."""
         self.bad_event_names = 0
@@ -168,12 +174,19 @@ class PacketGuard:
                 log.exception("connection %s: handling a checked message failed", eio_sid)
                 self._reject(eio_sid, conn, Violation("internal", "the server failed on this message"))
                 return
+            if conn.deadline is not None and self._connected(eio_sid):
+                conn.deadline.cancel()
+                conn.deadline = None
         if verdict == _DISCONNECT:
             self.close_transport(eio_sid)
 
     def _on_eio_connect(self, eio_sid: str, environ: Any) -> Any:
+        conn = _Connection()
+        conn.deadline = threading.Timer(self.connect_timeout_s, self._connect_overdue, (eio_sid,))
+        conn.deadline.name, conn.deadline.daemon = "connect-deadline", True
         with self._lock:
-            self._conns[eio_sid] = _Connection()
+            self._conns[eio_sid] = conn
+        conn.deadline.start()
         return self._eio_connect(eio_sid, environ)
 
     def _on_eio_disconnect(self, eio_sid: str, reason: Any = None) -> None:
@@ -181,7 +194,24 @@ class PacketGuard:
             self._eio_disconnect(eio_sid, reason)
         finally:
             with self._lock:
-                self._conns.pop(eio_sid, None)
+                conn = self._conns.pop(eio_sid, None)
+            if conn is not None and conn.deadline is not None:
+                conn.deadline.cancel()
+
+    def _connect_overdue(self, eio_sid: str) -> None:
+        """The connection's CONNECT deadline passed: close it unless it has a session by now."""
+        with self._lock:
+            conn = self._conns.get(eio_sid)
+        if conn is None or self._connected(eio_sid):
+            return
+        with conn.lock:
+            if conn.closed:
+                return
+            conn.closed = True
+        self._count("connect_timeout")
+        self._log.warning("connection %s: no Socket.IO CONNECT within %g s; closing it", eio_sid,
+                          self.connect_timeout_s)
+        self.close_transport(eio_sid)
 
     # ------------------------------------------------------------------ checks
 

@@ -299,3 +299,23 @@ def test_waiting_client_cannot_jump_the_line_with_spoofed_events(problems):
         assert second.control(type="ping")["ok"]
         assert len(second.named("hello")) == 1 and len(srv.engine.conversations) == 2
         second.close()
+
+
+# ---------------------------------------------------------------- connections that never join the namespace
+
+
+def test_a_connection_without_connect_is_closed_at_the_deadline(problems):
+    """An Engine.IO connection that never sends CONNECT, or stays after a refused one, would answer pings
+    forever holding two server threads: it is closed after --connect_timeout_s. Connected clients stay."""
+    options = ServerOptions(no_tls=True, max_users=1, queue_size=0, limits=LimitOptions(connect_timeout_s=0.5))
+    with RunningServer(options, FakeEngine()) as srv:
+        ok = RecordingClient(srv.url).connect()
+        silent, refused = RawSocketIO(srv.url), RawSocketIO(srv.url)
+        assert not refused.connect()  # full: CONNECT_ERROR, and the transport stays open on its side
+        assert silent.wait_closed(10) and refused.wait_closed(10)
+        assert srv.state.guard.stats()["violations"].get("connect_timeout") == 2
+        assert ok.control(type="ping")["ok"]  # past its deadline too, and still served
+        assert len(srv.state.sessions) == 1
+        ok.close()
+        silent.close()
+        refused.close()
