@@ -39,6 +39,7 @@ from server.options import ServerOptions
 from server.tls import make_self_signed, server_context
 from tests.fakes.fake_engine import FakeConversation, FakeEngine, Script
 from tests.fakes.harness import RunningServer, load_wav, manifest
+from tests.fakes.sequence_check import checking_sequences
 from tests.fakes.soak_client import ClientPlan, Utterance, client_process
 
 UTTERANCES = ("question_en", "question_zh", "two_turns")
@@ -197,7 +198,7 @@ def run_soak(cfg: SoakConfig, say: Any = print) -> dict[str, Any]:
     srv = RunningServer(options, engine, ssl_context=ctx)
     samples: list[dict[str, Any]] = []
     try:
-        with _Problems() as problems:
+        with _Problems() as problems, checking_sequences() as sequences:
             t0, t0_wall = time.monotonic(), time.time()
             start_threads = {t.ident for t in threading.enumerate()}
             samples.append({**_sample(t0, srv, engine), "phase": "start"})
@@ -221,7 +222,9 @@ def run_soak(cfg: SoakConfig, say: Any = print) -> dict[str, Any]:
         srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     say(f"soak: end {samples[-1]}")
-    return _record(cfg, samples, clients, problems, settled, left, t0_wall)
+    record = _record(cfg, samples, clients, problems, settled, left, t0_wall)
+    record["server_sequences"] = sequences.report()
+    return record
 
 
 def _settled(srv: RunningServer, engine: _SoakEngine, start: dict[str, Any]) -> bool:

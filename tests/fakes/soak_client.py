@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -133,6 +133,20 @@ class _Connection:
         self.reply_samples = reply_samples
         self.sio = socketio.AsyncClient(reconnection=False, ssl_verify=False, request_timeout=10)
         self.sio.on("*", self._on_event)
+        self._recent: deque[str] = deque(maxlen=6)
+        self._read = self.sio._handle_eio_message
+        self.sio.eio.on("message", self._traced)
+
+    async def _traced(self, data: Any) -> None:
+        """Socket.IO's message handler, keeping the last few messages: when one cannot be decoded, they
+        say what came before it (a lost header, a doubled attachment, a message in between)."""
+        self._recent.append(f"bytes[{len(data)}]" if isinstance(data, bytes) else data[:80])
+        try:
+            await self._read(data)
+        except ValueError:
+            if len(self.stats.bad_examples) < 3:
+                self.stats.bad_examples.append(" | ".join(self._recent))
+            raise
         self.sio.on("disconnect", self._on_disconnect)
         self.leaving = False
         self.dropped = False
