@@ -136,17 +136,6 @@ class _Connection:
         self._recent: deque[str] = deque(maxlen=6)
         self._read = self.sio._handle_eio_message
         self.sio.eio.on("message", self._traced)
-
-    async def _traced(self, data: Any) -> None:
-        """Socket.IO's message handler, keeping the last few messages: when one cannot be decoded, they
-        say what came before it (a lost header, a doubled attachment, a message in between)."""
-        self._recent.append(f"bytes[{len(data)}]" if isinstance(data, bytes) else data[:80])
-        try:
-            await self._read(data)
-        except ValueError:
-            if len(self.stats.bad_examples) < 3:
-                self.stats.bad_examples.append(" | ".join(self._recent))
-            raise
         self.sio.on("disconnect", self._on_disconnect)
         self.leaving = False
         self.dropped = False
@@ -161,6 +150,17 @@ class _Connection:
         self._offset = 0
         self._ended_at: float | None = None
         self._reported: tuple[str, int] | None = None
+
+    async def _traced(self, data: Any) -> None:
+        """Socket.IO's message handler, keeping the last few messages: when one cannot be decoded, they
+        say what came before it (a lost header, a doubled attachment, a message in between)."""
+        self._recent.append(f"bytes[{len(data)}]" if isinstance(data, bytes) else data[:80])
+        try:
+            await self._read(data)
+        except ValueError:
+            if len(self.stats.bad_examples) < 3:
+                self.stats.bad_examples.append(" | ".join(self._recent))
+            raise
 
     # ------------------------------------------------------------------ events
 
