@@ -34,10 +34,14 @@ install: $(STAMP)
 run: install
 	$(PY) launch.py $(ARGS)
 
-# Browser tests drive Debian's Chromium (never a downloaded browser build).
+# Browser tests drive Debian's Chromium (never a downloaded browser build); the interaction bench's clips
+# are spoken by Debian's espeak-ng and mixed with sox; the replica tests put Debian's HAProxy in front of
+# several servers (it lives in /usr/sbin, which is not on every PATH).
 test-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v espeak-ng >/dev/null 2>&1 \
+	  || ! command -v sox >/dev/null 2>&1 || ! PATH="$$PATH:/usr/sbin" command -v haproxy >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium espeak-ng sox haproxy \
+	    >/dev/null; fi
 
 test: install test-deps
 	$(PY) -m pytest $(ARGS)
