@@ -62,7 +62,13 @@ class TurnRequest:
     """Typed question, if any."""
     start_sample: int = 0
     end_sample: int = 0
-    """Span of the utterance on the session's mic clock (samples)."""
+    """Span of the speech on the session's mic clock (samples): from the VAD's start to the start of the
+    silence that ended it; ``audio`` also holds the pre-roll before and the post-roll after."""
+
+    def speech_ms(self) -> float:
+        """How long the user spoke (the span; the audio's length when no span is set)."""
+        span = self.end_sample - self.start_sample
+        return 1000 * (span if span > 0 else self.audio.size) / MIC_SAMPLE_RATE
 
     def __repr__(self) -> str:
         return (

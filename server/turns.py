@@ -314,8 +314,10 @@ class TurnMachine:
         """Hand an utterance to the engine; the old reply keeps its place until the verdict."""
         ev = utt.event
         reply = self.judging = self._new_reply("voice", utt.t_end)
+        # The span is the speech the VAD heard, without its pre-roll and post-roll (the audio keeps them):
+        # the engine's too-short check and frame spacing go by it.
         self._start(TurnRequest(reply.reply_id, reply.epoch, ev.audio, utt.frames, None,
-                                ev.audio_start_sample, ev.end_sample))
+                                ev.start_sample, ev.end_sample))
 
     def _activate(self, reply: Reply) -> None:
         """Make ``reply`` the one being spoken (any older one is already interrupted)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine.interface import AudioChunk, EngineError, Judgement, ReplyEnd, TextDelta
+from engine.interface import AudioChunk, EngineError, Judgement, ReplyEnd, TextDelta, TurnRequest
 from server import protocol as P
 from server.echo import EchoOptions
 from server.turns import (
@@ -266,3 +266,16 @@ def test_idle_session_closes_once_but_not_while_a_reply_plays() -> None:
     h.run(10.0)
     assert len([a for a in h.actions if isinstance(a, Close)]) == 1
     assert 0 < h.m.next_deadline() <= 5.0
+
+
+def test_a_turn_carries_the_span_of_the_speech_not_of_its_pre_and_post_roll() -> None:
+    """The engine's too-short check goes by the span: a 0.25 s "yeah" arrives with 0.4 s of pre-roll and
+    post-roll around it, which must not lift it over --min_utterance_ms (300 ms) and interrupt a reply."""
+    t = Harness()
+    t.talk_start()
+    audio = np.zeros(4000 + 4800 + 1600, np.float32)  # pre-roll + 0.3 s speech + post-roll
+    t.do(t.m.speech_ended(SpeechEnded(16000, 20000, 28000, audio, 11200, "silence"), ()))
+    (req,) = t.requests()
+    assert (req.start_sample, req.end_sample) == (16000, 20000)
+    assert req.speech_ms() == 250.0 and req.audio.size / 16 > 600
+    assert TurnRequest("r", 0, audio).speech_ms() == audio.size / 16  # no span: the audio's length

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Literal
 from engine.duplex.frames import pick_frames, square_frame
 from engine.duplex.heard import SpokenLog
 from engine.interface import (
-    MIC_SAMPLE_RATE,
     AudioChunk,
     Conversation,
     EngineError,
@@ -234,7 +233,7 @@ class DuplexConversation(Conversation):
         req, opts = turn.request, self._options
         if req.text:
             return True, "typed", TYPED
-        if req.audio.size < opts.min_utterance_ms * MIC_SAMPLE_RATE / 1000:
+        if req.speech_ms() < opts.min_utterance_ms:  # the speech, not its pre-roll and post-roll
             return False, "too_short", SPOKEN
         if opts.awakening == "always":
             return True, "policy", SPOKEN
