@@ -122,6 +122,9 @@ def test_barge_in_cuts_the_answer_keeps_only_what_was_heard_and_answers(server, 
     # Speak over the answer as soon as it starts: random weights may say little (under a second)
     assert c.wait_for(lambda c: c.named("reply_start"), timeout=30)
     first = c.named("reply_start")[0][0]["reply_id"]
+    # ... once it is audible: speech over a reply whose audio has not started yet pauses nothing (seen on
+    # a loaded CI box, where the first clause took longer than the VAD's speech start)
+    assert c.wait_for(lambda c: audio_of(c, first) or ended(c, first), timeout=30)
     c.talk(np.concatenate([load_wav("question_zh")[12800:40000], SILENCE]))  # from its speech onset
     assert c.wait_for(lambda c: len(c.named("reply_start")) == 2, timeout=30)
     second = c.named("reply_start")[1][0]["reply_id"]

@@ -121,7 +121,9 @@ def test_engine_gets_utterances_frames_and_playback(barge_in_run):
         # pre-roll (0.3 s) + speech + post-roll (0.1 s), give or take the detection tolerance
         assert abs(req.audio.size / 16000 - (span["end"] - span["start"] + 0.4)) < 0.3
         assert req.frames and all(f.jpeg == JPEG for f in req.frames)
-        assert all(req.start_sample - 16000 <= f.at_sample <= req.end_sample + 16000 for f in req.frames)
+        # the span is the speech; frames count from 1 s before its audio, which starts 0.3 s (pre-roll) earlier
+        assert req.start_sample < req.end_sample and abs(req.start_sample / 16000 - span["start"]) < 0.2
+        assert all(req.start_sample - 16000 - 4800 <= f.at_sample <= req.end_sample + 16000 for f in req.frames)
     assert wait_until(lambda: conv.playback)
     assert conv.playback == [(conv.requests[0].reply_id, 12_000)]
 
