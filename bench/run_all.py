@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one broken benchmark must not hide the others' numbers
             failures += 1
             print(f"!! {name} failed: {exc!r}", flush=True)
+    from bench.readme_table import rewrite
+
+    rewrite()  # the README's table of figures, from the JSON just written (and the older JSON of the rest)
     return failures
 
 

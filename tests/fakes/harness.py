@@ -112,14 +112,8 @@ class RecordingClient:
 
     def wait_for(self, predicate, timeout: float = 15.0) -> bool:
         """Block until ``predicate(self)`` is true (re-checked on every received event)."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+            return bool(self._cond.wait_for(lambda: predicate(self), timeout))
 
     def control(self, **msg: Any) -> Any:
         """Send a control event and wait for its acknowledgement."""

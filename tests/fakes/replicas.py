@@ -370,14 +370,8 @@ class Client:
 
     def wait_for(self, predicate: Callable[[Client], bool], timeout: float) -> bool:
         """Block until ``predicate(self)`` holds (re-checked on every event and disconnect)."""
-        deadline = time.monotonic() + timeout
         with self._cond:
-            while not predicate(self):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
+            return bool(self._cond.wait_for(lambda: predicate(self), timeout))
 
     def control(self, **msg: Any) -> Any:
         """A control event and its acknowledgement."""

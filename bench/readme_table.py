@@ -1,0 +1,119 @@
+"""The README's table of measured figures, made from the benchmarks' JSON in ``docs/bench/``.
+
+``make bench`` runs it last (``bench.run_all``); ``python -m bench.readme_table`` rewrites the block between
+the two marker lines of ``README.md`` from whatever JSON is there now. A test keeps the README and the JSON
+in step. Figures whose JSON is missing are shown as "not run".
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_DIR = ROOT / "docs" / "bench"
+README = ROOT / "README.md"
+START = "<!-- bench-table:start (written by `make bench`: python -m bench.readme_table) -->"
+END = "<!-- bench-table:end -->"
+CATEGORIES = ("pause", "backchannel", "side_talk", "smooth", "interruption")
+
+Json = dict
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} ms"
+
+
+def _rate(cell: Json | None) -> str:
+    return "–" if not cell or cell.get("rate") is None else f"{cell['rate']:.2f}"
+
+
+def _first_audio(d: Json) -> list[tuple[str, str, str]]:
+    s = d["stages_ms"]
+    stages = ", ".join(f"{name} {_ms(s[key]['p50'])}" for name, key in (
+        ("verdict", "engine_judge"), ("first text", "first_text"), ("first clause", "engine_first_clause"),
+        ("first code", "engine_first_code"), ("first audio sent", "first_audio")) if key in s)
+    return [
+        ("End of turn → first reply audio at the client, p50 (tiny checkpoint, 1 user, silence tail excluded)",
+         "≤ 150 ms", f"{_ms(s['client_turn_end_to_first_audio']['p50'])} (p90 "
+         f"{_ms(s['client_turn_end_to_first_audio']['p90'])}, {d['turns']} turns)"),
+        ("… its stages on the server, p50 from the end-of-turn decision", "", stages),
+    ]
+
+
+def _endpoint(d: Json) -> list[tuple[str, str, str]]:
+    a = d["after_tail_ms"]
+    return [(f"True end of speech → `speech_end`, minus the {d['tail_ms']} ms tail ({d['turns']} turns of the "
+             "speech fixtures)", f"≤ {d['goal_ms']:.0f} ms",
+             f"median {_ms(a['median'])}, max {_ms(a['max'])}")]
+
+
+def _duplex(d: Json) -> list[tuple[str, str, str]]:
+    ratios = d["ratio_whole_over_streaming_p50"]
+    by_users = {row["users"]: row for row in d["streaming"]}
+    p90 = {u: by_users[u]["speech_end_to_first_audio_ms"]["p90"] for u in by_users}
+    lo, hi = min(p90), max(p90)
+    return [
+        ("First audio, whole answer first ÷ streaming (p50), users " + "/".join(str(u) for u in ratios),
+         "≥ 3×", " / ".join(f"{r:.2f}×" for r in ratios.values())),
+        (f"First audio p90 with {hi} users ÷ with {lo} (streaming)", "≤ 2×",
+         f"{p90[hi] / p90[lo]:.2f}× ({_ms(p90[hi])} vs {_ms(p90[lo])})"),
+    ]
+
+
+def _interaction(d: Json) -> list[tuple[str, str, str]]:
+    rows = []
+    for mode in d["awakening"]:
+        cats = d["modes"][mode]["categories"]
+        tor = ", ".join(f"{c} {_rate(cats[c]['tor'])}" for c in CATEGORIES if c in cats)
+        rows.append((f"Take-over rate by category, `--awakening {mode}`", "low for pause / backchannel / side "
+                     "talk; 1 for smooth / interruption", tor))
+        smooth, cut, back = cats.get("smooth", {}), cats.get("interruption", {}), cats.get("backchannel", {})
+        rows.append((f"Response p50 (smooth), stop latency p50 (interruption / backchannel), false "
+                     f"interruptions on backchannels, `--awakening {mode}`", "",
+                     f"{_ms((smooth.get('response_latency_ms') or {}).get('p50'))}, "
+                     f"{_ms((cut.get('stop_latency_ms') or {}).get('p50'))} / "
+                     f"{_ms((back.get('stop_latency_ms') or {}).get('p50'))}, "
+                     f"{_rate(back.get('false_interruption_rate'))}"))
+    return rows
+
+
+SOURCES: tuple[tuple[str, Callable[[Json], list[tuple[str, str, str]]]], ...] = (
+    ("bench_first_audio", _first_audio),
+    ("bench_endpoint", _endpoint),
+    ("bench_duplex", _duplex),
+    ("bench_interaction", _interaction),
+)
+
+
+def table(bench_dir: Path = BENCH_DIR) -> str:
+    """The markdown block (markers included) for the JSON files in ``bench_dir``."""
+    lines = [START, "", "| figure | goal | measured | bench |", "|---|---|---|---|"]
+    for name, rows in SOURCES:
+        path = bench_dir / f"{name}.json"
+        if not path.exists():
+            lines.append(f"| `{name}` | | not run | `{name}` |")
+            continue
+        for figure, goal, measured in rows(json.loads(path.read_text())):
+            lines.append(f"| {figure} | {goal} | {measured} | `{name}` |")
+    lines += ["", "Two shared CPU cores, the tiny random-weights checkpoint (so take-over rates and verdicts say "
+              "nothing about VITA-1.5 itself: see each bench's JSON). Plots: `docs/bench/*.png`.", "", END]
+    return "\n".join(lines)
+
+
+def rewrite(readme: Path = README, bench_dir: Path = BENCH_DIR) -> bool:
+    """Replace the README's block with a fresh one; True when it changed."""
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{readme}: the bench-table marker lines are missing")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = head + table(bench_dir) + tail
+    readme.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    print("README table " + ("updated" if rewrite() else "already current"), file=sys.stderr)
