@@ -17,23 +17,12 @@ import platform
 import numpy as np
 
 from bench.report import write_report
-from tests.fakes.harness import load_wav, manifest
+from tests.fakes.harness import load_wav, manifest, true_turns
 from vad.options import SAMPLE_RATE, VadOptions
 from vad.segmenter import SpeechEnded, UtteranceSegmenter
 
 GOAL_MS = 40.0
 PACKET = 320  # 20 ms, the page's packet size
-
-
-def _turn_ends(spans: list[dict[str, float]], tail_s: float) -> list[float]:
-    """True turn ends: spans closer than the tail are one turn."""
-    ends: list[list[float]] = []
-    for s in spans:
-        if ends and s["start"] - ends[-1][1] < tail_s:
-            ends[-1][1] = s["end"]
-        else:
-            ends.append([s["start"], s["end"]])
-    return [end for _, end in ends]
 
 
 def measure(options: VadOptions | None = None) -> dict[str, list[float]]:
@@ -48,8 +37,8 @@ def measure(options: VadOptions | None = None) -> dict[str, list[float]]:
         pcm = np.concatenate([load_wav(name), np.zeros(SAMPLE_RATE, np.int16)])
         events = [e for off in range(0, pcm.size, PACKET) for e in seg.push(pcm[off : off + PACKET])]
         decided = [e.at_sample / SAMPLE_RATE for e in events if isinstance(e, SpeechEnded)]
-        out[name] = [round((d - t - tail_s) * 1000, 1) for d, t in zip(decided, _turn_ends(meta["speech"], tail_s),
-                                                                      strict=True)]
+        ends = [end for _, end in true_turns(meta["speech"], tail_s)]
+        out[name] = [round((d - t - tail_s) * 1000, 1) for d, t in zip(decided, ends, strict=True)]
     return out
 
 

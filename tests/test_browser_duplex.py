@@ -63,10 +63,15 @@ def test_page_holds_a_spoken_conversation_with_an_interruption(playwright, tls, 
             heard = history.exchanges[-1].reply  # the interrupted answer, as heard
             cut_text = page.evaluate(
                 f"document.querySelector('#transcript li.bot[data-reply=\"{cut['reply_id']}\"] .text').textContent")
+            # A timeline row needs a reply that ends; the looping mic interrupts each one after ~4 s, which
+            # a slow machine's replies may all outlast: stop talking (mute) so the reply in flight can end.
+            page.click("#mute")
             try:
                 page.wait_for_function("vita.stats.timelines.length >= 1", timeout=60_000)
             except Exception:
-                pytest.fail(f"no reply ended: {page.evaluate('vita.stats')}")
+                seen = page.evaluate("({replies: vita.stats.replies, interrupts: vita.stats.interrupts, "
+                                     "errors: vita.stats.errors})")
+                pytest.fail(f"no reply ended: {seen}")
             timeline = page.evaluate("vita.stats.timelines")
             row = f"#timeline-rows tr[data-reply='{timeline[0]['reply_id']}']"  # one row per reply, keyed by its id
             cells = [page.text_content(f"{row} td[data-stage='{k}']") for k in ("vad", "judge", "clause", "sent")]

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.fakes.harness import load_wav, manifest
+from tests.fakes.harness import load_wav, manifest, true_turns
 from vad.options import SAMPLE_RATE, WINDOW, VadOptions
 from vad.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
 from vad.silero import SileroModel, shared_model
@@ -29,14 +29,7 @@ def run(pcm: np.ndarray, options: VadOptions | None = None, packet: int = 320, t
 
 def expected_turns(name: str) -> list[tuple[float, float]]:
     """True turns: speech spans closer than the end-of-turn silence belong to one turn."""
-    gap = VadOptions().end_silence_ms / 1000
-    turns: list[list[float]] = []
-    for s in MANIFEST[name]["speech"]:
-        if turns and s["start"] - turns[-1][1] < gap:
-            turns[-1][1] = s["end"]
-        else:
-            turns.append([s["start"], s["end"]])
-    return [(a, b) for a, b in turns]
+    return true_turns(MANIFEST[name]["speech"], VadOptions().end_silence_ms / 1000)
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))

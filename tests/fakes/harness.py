@@ -45,6 +45,17 @@ def manifest() -> dict[str, Any]:
     return json.loads((SPEECH_DIR / "manifest.json").read_text())
 
 
+def true_turns(spans: list[dict[str, float]], gap_s: float) -> list[tuple[float, float]]:
+    """A fixture's true turns: speech spans closer than the end-of-turn silence ``gap_s`` are one turn."""
+    turns: list[list[float]] = []
+    for span in spans:
+        if turns and span["start"] - turns[-1][1] < gap_s:
+            turns[-1][1] = span["end"]
+        else:
+            turns.append([span["start"], span["end"]])
+    return [(a, b) for a, b in turns]
+
+
 class RunningServer:
     """create_app + a Werkzeug server on a free port, in a background thread."""
 
