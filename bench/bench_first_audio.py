@@ -28,7 +28,8 @@ import numpy as np
 from bench.report import write_report
 
 MIC = 16_000
-STAGES = ("engine_judge", "first_text", "engine_first_clause", "first_audio")
+STAGES = ("engine_judge", "engine_answer_first_token", "first_text", "engine_first_clause", "engine_first_code",
+          "first_audio")
 
 
 def _p(values: list[float], q: float) -> float | None:
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark and write its JSON and plot."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--turns", type=int, default=12, help="spoken turns (the first is a warm-up, not counted)")
+    ap.add_argument("--max_new_tokens", type=int, default=64, help="reply length cap (the LLM decodes meanwhile)")
     args = ap.parse_args(argv)
 
     from engine.duplex.engine import VitaEngine
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ckpt = write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="bench-first-audio-")), seed=0)
     llm = LlmOptions(model_path=ckpt, num_engines=2, dtype="float32", enforce_eager=True, max_model_len=2048,
-                     kv_cache_mb=256, max_new_tokens=64)
+                     kv_cache_mb=256, max_new_tokens=args.max_new_tokens)
     engine = VitaEngine(llm, DuplexOptions(), judge_states=(SPOKEN,))
     question = np.concatenate([load_wav("question_en"), np.zeros(MIC, np.int16)])
     turns: list[dict[str, float]] = []

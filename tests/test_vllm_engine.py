@@ -81,6 +81,23 @@ async def test_text_turn_streams_deltas_and_timings(pool, builder) -> None:
     assert "".join(c.text for c in again[:-1]) == "".join(c.text for c in chunks)
 
 
+async def test_state_prefixes_hold_the_first_tokens_then_let_the_reply_run(pool, builder) -> None:
+    """The monitor's verdict and the answer are one request (vllm_patches.state_prefix, really loaded)."""
+    prompt = builder.build(UserTurn(text="Hello, what is this?"))
+    free = [t for c in (await collect(pool, prompt, "free", max_new_tokens=12))[:-1] for t in c.token_ids]
+    # Spellings the random model does not pick on its own: made-up two-token sequences of plain bytes.
+    a, b = (71, 72), (73, 74)
+    assert tuple(free[:2]) not in (a, b)
+    for n, choices in enumerate(([a, b], [b])):
+        events = await collect(pool, prompt, f"held-{n}", state_prefixes=choices, max_new_tokens=12)
+        ids = [t for c in events[:-1] for t in c.token_ids]
+        assert tuple(ids[:2]) in choices, ids
+        # after the prefix the model samples freely: not the masked ids, and not stuck
+        assert len(ids) > 2 and not set(ids[2:]) <= {71, 72, 73, 74}, ids
+    with pytest.raises(InputError):
+        await collect(pool, prompt, "bad-prefix", state_prefixes=[[]])
+
+
 async def test_abort_one_of_two_concurrent_streams(pool, builder) -> None:
     prompt = builder.build(UserTurn(text="Tell me a long story."))
     seen: dict[str, list] = {"a": [], "b": []}

@@ -5,11 +5,12 @@ public methods only hand work over to it, so they return at once whatever thread
 conversation's history, roles and turns belong to it alone (nothing per user is global).
 
 Roles: of the two vLLM engines one is this conversation's *generator* (speaking the current answer)
-and the other its *monitor* (judging the next utterance). A spoken turn is judged on the monitor with
-sampling restricted to the state tokens (☞ addressed, ☟ not). On ☞ the monitor takes over: older
-replies are stopped (request aborted, speech cancelled), the interrupted answer enters the history
-only as far as the client reported hearing it, and the answer is generated on the same engine (its
-prefix is cached there), which becomes the generator.
+and the other its *monitor* (judging the next utterance). A spoken turn is judged on the monitor by the
+first tokens of the answer request itself, held to the state tokens' spellings (☞ addressed, ☟ not;
+``vllm_patches.state_prefix``). On ☟ that request is aborted. On ☞ the monitor takes over: older replies
+are stopped (request aborted, speech cancelled), the interrupted answer enters the history only as far as
+the client had heard it when the prompt was built, and the same request goes on as the answer (no second
+prefill), so the monitor's engine becomes the generator.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from engine.interface import (
     TextDelta,
     TurnRequest,
 )
-from engine.llm.engine import LlmEngine, StreamEvent, TextChunk
+from engine.llm.engine import Finished, LlmEngine, StreamEvent, TextChunk
 from engine.llm.errors import EngineDeadError, LlmError
-from engine.llm.prompt import SPOKEN, TYPED, ConversationHistory, UserTurn
+from engine.llm.prompt import SPOKEN, TYPED, BuiltPrompt, ConversationHistory, UserTurn
 from engine.llm.reply_text import ReplyTextDecoder
 from engine.speech.errors import SpeechCheckpointError, SpeechInputError
 from engine.speech.head import ReplySynthesizer
@@ -63,6 +64,10 @@ class _Turn:
     stopped: threading.Event = field(default_factory=threading.Event)
     inflight: dict[str, LlmEngine] = field(default_factory=dict)
     judge_engine: int | None = None
+    prompt_last: _Turn | None = None
+    """The earlier answer the judged prompt included, and how much of it was heard then (committed to the
+    history as such when this turn takes over)."""
+    prompt_heard: str = ""
     synth: ReplySynthesizer | None = None
     text: list[str] = field(default_factory=list)
     spoken: SpokenLog = field(default_factory=SpokenLog)
@@ -87,6 +92,41 @@ class _Turn:
         if self.generated_all and self.played >= self.spoken.total_samples:
             return full
         return self.spoken.heard(self.played)
+
+
+class _JudgedAnswer:
+    """One request's events: first the monitor's verdict (a state token's spelling), then the answer."""
+
+    def __init__(self, events: AsyncIterator[StreamEvent], engine: int) -> None:
+        self._events = events
+        self.engine = engine
+        self._held: list[StreamEvent] = []
+
+    async def verdict(self, spellings: dict[str, tuple[int, ...]]) -> str | None:
+        """The state whose spelling the output starts with (``None``: the request ended before one)."""
+        got: list[int] = []
+        async for event in self._events:
+            if isinstance(event, Finished):
+                self._held.append(event)
+                return None
+            got.extend(event.token_ids)
+            for state, ids in spellings.items():
+                if tuple(got[: len(ids)]) == ids:
+                    if len(got) > len(ids):  # the answer's first tokens came in the same delta
+                        self._held.append(TextChunk(event.request_id, "", tuple(got[len(ids):])))
+                    return state
+        return None
+
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        for event in self._held:
+            yield event
+        self._held = []
+        async for event in self._events:
+            yield event
+
+    async def close(self) -> None:
+        """Leave the request (vLLM aborts it) if it is still running."""
+        await self._events.aclose()  # type: ignore[attr-defined]
 
 
 class DuplexConversation(Conversation):
@@ -171,10 +211,14 @@ class DuplexConversation(Conversation):
 
     async def _run(self, turn: _Turn) -> None:
         req = turn.request
+        judged: _JudgedAnswer | None = None
         try:
             turn.user = self._user_turn(req)
             log.debug("turn %s: judging (%d images)", req.reply_id, len(turn.user.images))
-            addressed, why, state = await self._judge(turn)
+            verdict = self._policy(turn)
+            if verdict is None:
+                judged, verdict = await self._judge(turn)
+            addressed, why, state = verdict
             log.debug("turn %s: addressed=%s (%s)", req.reply_id, addressed, why)
             if turn.stopped.is_set():
                 self._emit(ReplyEnd(req.reply_id, req.epoch, "cancelled", dict(turn.timings)))
@@ -184,7 +228,7 @@ class DuplexConversation(Conversation):
                 self._emit(ReplyEnd(req.reply_id, req.epoch, "not_addressed", dict(turn.timings)))
                 return
             self._take_over(turn)
-            await self._answer(turn, state)
+            await self._answer(turn, state, judged)
         except (LlmError, SpeechInputError, SpeechCheckpointError) as exc:
             # A dead engine is fatal to the session only when no engine is left to serve its next turn;
             # otherwise this reply fails and the conversation (and its history) goes on with another one.
@@ -197,6 +241,8 @@ class DuplexConversation(Conversation):
             log.exception("turn %s failed", req.reply_id)
             self._fail(turn, f"the engine failed on this turn: {type(exc).__name__}", fatal=False)
         finally:
+            if judged is not None:
+                await judged.close()
             with self._lock:
                 self._turns.pop(req.reply_id, None)
 
@@ -228,8 +274,8 @@ class DuplexConversation(Conversation):
         finally:
             turn.inflight.pop(rid, None)
 
-    async def _judge(self, turn: _Turn) -> tuple[bool, str, str]:
-        """(addressed, why, state token of the answer)."""
+    def _policy(self, turn: _Turn) -> tuple[bool, str, str] | None:
+        """(addressed, why, state token of the answer) where no model verdict is needed, else ``None``."""
         req, opts = turn.request, self._options
         if req.text:
             return True, "typed", TYPED
@@ -237,20 +283,29 @@ class DuplexConversation(Conversation):
             return False, "too_short", SPOKEN
         if opts.awakening == "always":
             return True, "policy", SPOKEN
-        index = self._engine.live_index(prefer_not=self._generator)
-        assert turn.user is not None  # set by _run before judging
-        prompt = self._engine.builder.build(turn.user, self._history)
-        first: int | None = None
-        judge = self._engine.judge
-        prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, *judge.prefix])
-        async for event in self._stream(turn, index, prompt, f"{req.reply_id}-judge", max_new_tokens=1,
-                                        allowed_token_ids=judge.allowed_token_ids):
-            if isinstance(event, TextChunk) and event.token_ids and first is None:
-                first = event.token_ids[0]
-                turn.timings["judge"] = _ms(turn.t0)
+        return None
+
+    async def _judge(self, turn: _Turn) -> tuple[_JudgedAnswer, tuple[bool, str, str]]:
+        """The monitor's verdict: the first tokens of the answer request, held to the states' spellings."""
+        eng = self._engine
+        index = eng.live_index(prefer_not=self._generator)
+        prompt = self._prompt(turn)
+        spellings = {state: eng.states.ids[state] for state in eng.judge.choices.values()}
+        events = self._stream(turn, index, prompt, turn.request.reply_id, state_prefixes=list(spellings.values()))
+        judged = _JudgedAnswer(events, index)
+        state = await judged.verdict(spellings)
+        turn.timings["judge"] = _ms(turn.t0)
         turn.judge_engine = index
-        state = judge.state_of(first)
-        return state == SPOKEN, "state_token", SPOKEN
+        return judged, (state == SPOKEN, "state_token", SPOKEN)
+
+    def _prompt(self, turn: _Turn) -> BuiltPrompt:
+        """``turn``'s prompt; the latest answer (not yet in the history) counts as heard so far."""
+        assert turn.user is not None  # set by _run first
+        history, last = self._history, self._last
+        if last is not None and last.user is not None:
+            turn.prompt_last, turn.prompt_heard = last, last.heard_text()
+            history = history.plus(last.user, turn.prompt_heard)
+        return self._engine.builder.build(turn.user, history)
 
     def _take_over(self, turn: _Turn) -> None:
         """The turn is addressed: commit the last answer as heard, swap roles.
@@ -260,18 +315,23 @@ class DuplexConversation(Conversation):
         with self._lock:
             last, self._last = self._last, turn
         if last is not None and last.user is not None:
-            self._history.add(last.user, last.heard_text())
+            # What the judged prompt said was heard, so the history and the running request agree.
+            self._history.add(last.user, turn.prompt_heard if last is turn.prompt_last else last.heard_text())
         if turn.judge_engine is not None:
             self._generator = turn.judge_engine
 
-    async def _answer(self, turn: _Turn, state: str) -> None:
+    async def _answer(self, turn: _Turn, state: str, judged: _JudgedAnswer | None) -> None:
         req, opts, eng = turn.request, self._options, self._engine
-        index = eng.live_index(prefer=self._generator)
-        self._generator = index
-        assert turn.user is not None
-        prompt = eng.builder.build(turn.user, self._history)
-        # The judged state token starts the answer, so the generator continues the monitor's verdict.
-        prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, *eng.states.ids[state]])
+        events: AsyncIterator[StreamEvent]
+        if judged is not None:  # the verdict's request goes on as the answer
+            self._generator, events = judged.engine, aiter(judged)
+        else:
+            self._generator = index = eng.live_index(prefer=self._generator)
+            assert turn.user is not None
+            prompt = eng.builder.build(turn.user, self._history)  # taken over: the history is complete
+            # The state token starts the answer (typed: ☜, spoken: ☞), as the model was trained.
+            prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, *eng.states.ids[state]])
+            events = self._stream(turn, index, prompt, req.reply_id)
         synth = eng.head.new_reply(req.reply_id, req.epoch, eng.tts_tokenizer, opts.tts_seed)
         turn.synth = synth
         if turn.stopped.is_set():
@@ -283,8 +343,9 @@ class DuplexConversation(Conversation):
         worker.start()
         visible = ReplyTextDecoder(eng.token_bytes)
         try:
-            async for event in self._stream(turn, index, prompt, req.reply_id):
+            async for event in events:
                 if isinstance(event, TextChunk):
+                    turn.timings.setdefault("answer_first_token", _ms(turn.t0))
                     self._show(turn, synth, visible.feed(event.token_ids))
                 else:
                     turn.timings["llm_tokens"] = float(event.generated_tokens)
@@ -323,6 +384,8 @@ class DuplexConversation(Conversation):
                     break
                 total += chunk.num_samples
                 turn.spoken.add_chunk(synth.spoken_text, total)
+                if "first_audio" not in turn.timings and synth.first_code_at is not None:
+                    turn.timings["first_code"] = round((synth.first_code_at - turn.t0) * 1000, 1)
                 turn.timings.setdefault("first_audio", _ms(turn.t0))
                 self._emit(AudioChunk(chunk.reply_id, chunk.epoch, chunk.seq, chunk.pcm))
         except Exception as exc:  # reported on the loop as the turn's error

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,10 @@ from engine.llm.errors import EngineDeadError, InputError, LlmError
 from engine.llm.options import LlmOptions
 from engine.llm.prompt import BuiltPrompt, PromptBuilder, PromptIds
 
+STATE_PREFIX_PROCESSOR = "vllm_patches.state_prefix:StatePrefixProcessor"
+"""vLLM logits processor (by name: imported in the engine core, not here) behind ``state_prefixes``."""
+STATE_PREFIX_ARG = "vita_state_prefixes"
+"""Its per-request argument (``vllm_patches.state_prefix.STATE_PREFIX_ARG``; kept equal by a test)."""
 WATCH_S = 0.5
 """How often a request waiting for output checks that its engine-core process still runs."""
 
@@ -213,6 +217,9 @@ def engine_args(options: LlmOptions, resolved: ResolvedCheckpoint, config_dir: P
         gpu_memory_utilization=options.gpu_memory_share, kv_cache_memory_bytes=options.kv_cache_bytes(on_cpu),
         generation_config="vllm",  # the release's generation config is not the demo's; we set sampling
         limit_mm_per_prompt={"image": options.max_images, "audio": options.history_turns + 1},
+        # The monitor's verdict and the answer are one request: its first tokens are held to the state
+        # tokens' spellings (``state_prefixes`` of :meth:`LlmEngine.stream`).
+        logits_processors=[STATE_PREFIX_PROCESSOR],
     )
 
 
@@ -318,22 +325,28 @@ class LlmEngine:
         if self.dead_reason() is not None:
             raise EngineDeadError(f"engine {self.name} is dead ({self._dead}); restart it")
 
-    def _sampling(self, max_new_tokens: int | None, ignore_eos: bool, allowed_token_ids: list[int] | None = None):
+    def _sampling(self, max_new_tokens: int | None, ignore_eos: bool, allowed_token_ids: list[int] | None = None,
+                  state_prefixes: Sequence[Sequence[int]] | None = None):
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
+        extra = {STATE_PREFIX_ARG: [list(p) for p in state_prefixes]} if state_prefixes else None
         return SamplingParams(
             max_tokens=max_new_tokens or self.options.max_new_tokens, temperature=self.options.temperature,
             output_kind=RequestOutputKind.DELTA, ignore_eos=ignore_eos, stop_token_ids=self._stop_ids,
-            detokenize=self.resolved.has_tokenizer, skip_special_tokens=True, allowed_token_ids=allowed_token_ids)
+            detokenize=self.resolved.has_tokenizer, skip_special_tokens=True, allowed_token_ids=allowed_token_ids,
+            extra_args=extra)
 
     async def stream(self, prompt: BuiltPrompt, request_id: str, *, max_new_tokens: int | None = None,
                      ignore_eos: bool = False, allowed_token_ids: list[int] | None = None,
+                     state_prefixes: Sequence[Sequence[int]] | None = None,
                      ) -> AsyncIterator[StreamEvent]:
         """Generate for ``prompt``: text deltas as they come, then one :class:`Finished`.
 
-        ``allowed_token_ids`` restricts sampling to those ids (the duplex monitor's state-token judgement).
+        ``allowed_token_ids`` restricts every sampled token to those ids; ``state_prefixes`` makes the output
+        start with one of these token sequences, then lets it run free (the monitor's verdict, then the answer).
         """
+        from vllm.exceptions import VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError as VllmEngineDead
         from vllm.v1.engine.exceptions import EngineGenerateError
 
@@ -350,8 +363,8 @@ class LlmEngine:
         clock, reason, prompt_len = _Clock(), "abort", len(prompt.token_ids)
         self._active.add(request_id)
         try:
-            async for out in self._watched(llm, request, self._sampling(max_new_tokens, ignore_eos,
-                                                                         allowed_token_ids), request_id):
+            params = self._sampling(max_new_tokens, ignore_eos, allowed_token_ids, state_prefixes)
+            async for out in self._watched(llm, request, params, request_id):
                 if out.prompt_token_ids is not None:
                     prompt_len = len(out.prompt_token_ids)
                 completion = out.outputs[0]
@@ -371,6 +384,8 @@ class LlmEngine:
                 raise EngineDeadError(f"engine {self.name} died while answering {request_id}") from exc
             if isinstance(exc, LlmError):
                 raise
+            raise InputError(f"request {request_id} rejected: {exc}") from exc
+        except VLLMClientError as exc:  # vLLM refused the request itself (validation), the engine is fine
             raise InputError(f"request {request_id} rejected: {exc}") from exc
         except Exception as exc:
             # The supervisor may shut a dead engine's AsyncLLM down while this request still waits on it;

@@ -112,6 +112,12 @@ class ConversationHistory:
         while len(self._exchanges) > self.max_turns:
             self._exchanges.popleft()
 
+    def plus(self, turn: UserTurn, reply: str) -> ConversationHistory:
+        """A copy with one more exchange (this history is unchanged)."""
+        copy = ConversationHistory(self.max_turns, deque(self._exchanges))
+        copy.add(turn, reply)
+        return copy
+
     def clear(self) -> None:
         """Forget everything."""
         self._exchanges.clear()

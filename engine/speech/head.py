@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -169,6 +170,8 @@ class ReplySynthesizer:
         self._seq = 0
         self._clauses_spoken = 0
         self.codes_before_first_audio: int | None = None
+        self.first_code_at: float | None = None
+        """``time.perf_counter()`` when the reply's first code was drawn (latency breakdowns)."""
         self.spoken_text: list[str] = []
         """Normalised clauses in the order they were spoken."""
         self.spoken_codes: list[list[int]] = []
@@ -262,6 +265,8 @@ class ReplySynthesizer:
         codes = head.generate_codes(conditioning, self._sampler, head.code_cap(len(token_ids)), self._cancelled)
         self.spoken_codes.append([])
         for code in codes:
+            if self.first_code_at is None:
+                self.first_code_at = time.perf_counter()
             self.spoken_codes[-1].append(code)
             yield from self._post(chunker.push(code), first)
         if not self._cancelled.is_set():

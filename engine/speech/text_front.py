@@ -180,12 +180,20 @@ class ClauseOptions:
 
     first_min_units: int = 4
     """The first clause ends at the first comma or stop after this many units, to start speaking early."""
+    first_max_units: int = 24
+    """The first clause also ends at the first word boundary (a space, or after a CJK character) once it
+    holds this many units, punctuation or not: about four English words or eight Chinese characters, so the
+    first sound never waits for a long sentence's first comma. 0 turns this off."""
     min_units: int = 24
     """Later clauses end at a sentence stop once they hold this many units (shorter ones merge on)."""
     soft_units: int = 90
     """Later clauses may also end at a comma once they hold this many units."""
     max_units: int = 220
     """Hard cap (≈ 15 s of speech, well under the decoder's 25 s code cap): cut at the last space."""
+
+
+def _ends_at(buf: str, index: int) -> bool:
+    return index < len(buf) and (buf[index] in _HARD_END or buf[index] in _SOFT_END or buf[index] == ".")
 
 
 class ClauseSplitter:
@@ -238,6 +246,12 @@ class ClauseSplitter:
                 hard = ch in _HARD_END or ch == "."
                 limit = opts.first_min_units if first else (opts.min_units if hard else opts.soft_units)
                 if units >= limit:
+                    return end
+            if first and opts.first_max_units and units >= opts.first_max_units and i > 0:
+                if ch.isspace():
+                    return i + 1  # the word before this space is complete
+                # A CJK character is a word; wait for the next character so that a stop after it joins.
+                if _CJK.match(ch) and (end < len(buf) or final) and not _ends_at(buf, end):
                     return end
             if units >= opts.max_units:
                 space = buf.rfind(" ", 0, end)

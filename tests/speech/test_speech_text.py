@@ -103,3 +103,20 @@ def test_long_text_without_punctuation_is_capped() -> None:
     assert len(clauses) > 5
     assert all(len(c) <= ClauseOptions().max_units for c in clauses)
     assert " ".join(clauses).split() == text.split()
+
+
+def test_first_clause_ends_after_a_few_words_without_punctuation() -> None:
+    """The first sound must not wait for a long sentence's first comma (issue 12, first sound)."""
+    text = "The picture shows a small brown dog sitting on a red sofa next to a window, and it looks happy."
+    clauses = _stream(text, pieces=4)
+    assert clauses[0] == "The picture shows a small"  # 24 units reached at the space after "small"
+    assert " ".join(clauses).split() == text.split()
+    assert _stream(text, options=ClauseOptions(first_max_units=0))[0].endswith("window,")
+
+
+def test_first_chinese_clause_cut_after_eight_characters_keeps_its_stop() -> None:
+    clauses = _stream("我看到一只小狗坐在红色的沙发上，它看起来很开心。", pieces=1)
+    assert clauses[0] == "我看到一只小狗坐"
+    assert clauses[1].startswith("在红色的沙发上，")
+    clauses = _stream("我看到一只小狗坐，在红色的沙发上。", pieces=1)
+    assert clauses[0] == "我看到一只小狗坐，"  # the stop right after the 8th character joins it
