@@ -334,6 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--categories", default=",".join(CATEGORIES))
     ap.add_argument("--url", default=None, help="use this running server (one --awakening: what it runs)")
     ap.add_argument("--model_path", default=None, help="for the launched servers (default: tiny random)")
+    ap.add_argument("--num_engines", type=int, default=None,
+                    help="for the launched servers (default: the server's own, 2)")
     ap.add_argument("--out", type=Path, default=OUT, help="folder for the JSON and PNG")
     ap.add_argument("--reevaluate", type=Path, default=None, metavar="TIMELINES",
                     help="run nothing: recompute the figures of --out's JSON from the timelines.jsonl its run "
@@ -352,6 +354,8 @@ def main(argv: list[str] | None = None) -> dict:
     cats = tuple(c for c in args.categories.split(",") if c)
     scenarios = make_scenarios(args.seed, per, cats)
     extra = ["--model_path", args.model_path] if args.model_path else []
+    if args.num_engines is not None:
+        extra += ["--num_engines", str(args.num_engines)]
     result: dict = {
         "seed": args.seed, "per_category": per, "awakening": modes, "categories": list(cats),
         "metrics": list(METRICS), "rules": CATEGORY_RULES,

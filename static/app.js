@@ -160,11 +160,17 @@ const convo = {
     body.className = 'text';
     body.textContent = text;
     li.append(label, body);
-    const list = $('transcript');
-    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
-    list.appendChild(li);
-    if (atBottom) list.scrollTop = list.scrollHeight; // do not yank a reader who scrolled up
+    $('transcript').appendChild(li);
+    this.follow();
     return {li, textEl: body};
+  },
+  following: true, // the reader is at the newest words; false once they scroll up to read older ones
+  autoTop: 0, // where follow() last put the list: a scroll above it is the reader's
+  follow() { // keep the newest words in view as entries arrive and replies grow, unless the reader scrolled up
+    const list = $('transcript');
+    if (!this.following) return;
+    list.scrollTop = list.scrollHeight;
+    this.autoTop = list.scrollTop;
   },
   mark(turn, text) { // a quiet note on a turn (e.g. not answered); the transcript is not a live region
     if (!turn || turn.li.querySelector('.mark')) return;
@@ -172,12 +178,14 @@ const convo = {
     m.className = 'mark';
     m.textContent = text;
     turn.li.appendChild(m);
+    this.follow();
   },
   divider(text) {
     const li = document.createElement('li');
     li.className = 'divider';
     li.textContent = text;
     $('transcript').appendChild(li);
+    this.follow();
   },
   spoken(msg) {
     const secs = Math.max(0, (msg.end_ms - msg.start_ms) / 1000);
@@ -233,6 +241,7 @@ const convo = {
     r.text += msg.text;
     r.li.classList.remove('pending');
     r.textEl.textContent = r.text;
+    this.follow();
     presenter.reply(r.text);
   },
   replyEnd(msg) {
@@ -249,6 +258,7 @@ const convo = {
     r.li.classList.remove('pending');
     if (!r.text) r.textEl.textContent = msg.reason === 'done' ? '(spoken reply, no text)' : '(no reply)';
     if (msg.reason && msg.reason !== 'done') this.mark({li: r.li}, `ended: ${msg.reason.replace(/_/g, ' ')}`);
+    this.follow();
     if (r.text) announce('Assistant: ' + r.text);
   },
   interrupted(msg) {
@@ -293,10 +303,20 @@ const convo = {
     this.rows.clear();
     this.voicePending = [];
     this.textPending = [];
+    this.following = true;
+    this.autoTop = 0;
     presenter.user('');
     presenter.reply('');
   },
 };
+
+// Only the reader's own scrolling changes whether the transcript follows: replies growing in place fire no
+// scroll event, and reaching the bottom again resumes following.
+$('transcript').addEventListener('scroll', () => {
+  const list = $('transcript');
+  if (list.scrollHeight - list.scrollTop - list.clientHeight < 40) convo.following = true;
+  else if (list.scrollTop < convo.autoTop - 1) convo.following = false;
+});
 
 const timeline = {
   stages: ['vad', 'judge', 'clause', 'sent', 'played'],

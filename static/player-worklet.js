@@ -32,11 +32,12 @@ class ReplyPlayer extends AudioWorkletProcessor {
       let dropped = 0;
       for (const c of this.queue) dropped += c.data.length;
       dropped -= this.offset;
-      const replyId = this.current;
+      // After the queue ran dry, chunks may wait unplayed (paused): they still belong to a reply to name.
+      const replyId = this.current || (this.queue.length ? this.queue[0].replyId : null);
       this.queue = [];
       this.offset = 0;
       this.current = null;
-      this.port.postMessage({type: 'flushed', replyId, samples: replyId ? this.played.get(replyId) : 0, dropped});
+      this.port.postMessage({type: 'flushed', replyId, samples: replyId ? this.played.get(replyId) || 0 : 0, dropped});
     }
   }
 

@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 @pytest.fixture(scope="module")
 def vita(tiny_checkpoint):
-    llm = LlmOptions(model_path=tiny_checkpoint, num_engines=2, dtype="float32", enforce_eager=True,
+    # One engine answers and judges: two engines are the duplex and supervision tests' business.
+    llm = LlmOptions(model_path=tiny_checkpoint, num_engines=1, dtype="float32", enforce_eager=True,
                      max_model_len=2048, kv_cache_mb=64, max_new_tokens=64)
     # every utterance is judged addressed (forced through the monitor's allowed tokens)
     # Random weights answer camera frames with unspeakable text ('#'), so this engine answers from speech
@@ -83,7 +84,11 @@ def test_page_holds_a_spoken_conversation_with_an_interruption(playwright, tls, 
     second = next(r["reply_id"] for r in st["replies"] if r["epoch"] == cut["epoch"])
     assert first in [p["reply_id"] for p in st["pauses"]]  # paused at speech onset, before the verdict
     assert cut["reason"] == "barge_in"
-    assert st["flushed"] and first in [f["replyId"] for f in st["flushed"]]
+    # The interrupt flushed the player: what was queued of the first answer, or nothing when a loaded box
+    # had let its queue run dry before the cut (the player then reports no reply and 0 samples dropped).
+    flushed = st["flushed"]
+    assert flushed and all(f["replyId"] in (first, None) for f in flushed), flushed
+    assert all(f["dropped"] == 0 for f in flushed if f["replyId"] is None), flushed
     assert st["played"][first] > 0 and st["played"][second] > 0
     # the history holds the interrupted answer only as far as the page played it
     assert len(heard.split()) < len(cut_text.split())

@@ -201,7 +201,8 @@ def test_sigterm_drains_a_real_server_and_exits_zero(tmp_path: Path) -> None:
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "launch.py", "--ip", "127.0.0.1", "--port", str(port), "--no-tls",
-         "--tiny_dir", str(tmp_path / "tiny"), "--num_engines", "1", "--awakening", "always", "--drain_s", "60"],
+         "--tiny_dir", str(tmp_path / "tiny"), "--num_engines", "1", "--awakening", "always", "--drain_s", "60",
+         "--max_new_tokens", "96"],  # a reply of a few seconds to drain (the default's 512 tokens take ~30 s)
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     lines: list[str] = []

@@ -194,6 +194,47 @@ def test_a_conversation_shows_every_state_both_sides_and_one_timeline_row_per_re
         assert t["played"] is None or t["played"] >= 0
 
 
+GAP = "(() => { const l = document.getElementById('transcript'); return l.scrollHeight - l.scrollTop - l.clientHeight; })()"
+
+
+def test_transcript_follows_growing_replies_unless_the_reader_scrolled_up(browser, cert):
+    # Long answers grow in place after their entry was added: the list must follow the words, not only
+    # new entries (found by eye: after a few long replies the newest one was out of view).
+    long = tuple(f"Sentence {i} of a long answer that wraps over more than one line of the transcript. "
+                 for i in range(30))
+    with RunningServer(ServerOptions(), NoticeEngine(Script(text=long, reply_seconds=1.0)), ssl_context=cert) as srv:
+        page, problems = new_page(browser, srv.url + "/")
+        try:
+            page.wait_for_function("vita.hello", timeout=10_000)
+
+            def ask(question: str, replies: int) -> None:
+                page.fill("#text", question)
+                page.press("#text", "Enter")
+                page.wait_for_function(f"vita.stats.timelines.length >= {replies}", timeout=20_000)
+
+            ask("Tell me a long story.", 1)
+            ask("And another one?", 2)
+            overflow = page.evaluate("(() => { const l = document.getElementById('transcript');"
+                                     " return l.scrollHeight - l.clientHeight; })()")
+            followed = page.evaluate(GAP)
+            # the reader scrolls up to re-read: the next reply must not pull them down
+            page.evaluate("document.getElementById('transcript').scrollTop = 0")
+            page.wait_for_timeout(200)  # the scroll event is delivered on the next frame
+            ask("One more?", 3)
+            kept = page.evaluate("document.getElementById('transcript').scrollTop")
+            # back at the bottom, it follows again
+            page.evaluate("(() => { const l = document.getElementById('transcript'); l.scrollTop = l.scrollHeight; })()")
+            page.wait_for_timeout(200)
+            ask("The last one?", 4)
+            refollowed = page.evaluate(GAP)
+        finally:
+            page.context.close()
+        assert wait_until(lambda: not srv.state.sessions)
+    assert problems == []
+    assert overflow > 1000  # the replies really overflow the list
+    assert followed < 5 and kept == 0 and refollowed < 5, (followed, kept, refollowed)
+
+
 def test_mute_push_to_talk_camera_toggle_and_device_pickers(browser, cert, tmp_path):
     with RunningServer(ServerOptions(), NoticeEngine(Script(reply_seconds=1.0)), ssl_context=cert) as srv:
         page, problems = new_page(browser, srv.url + "/")

@@ -173,7 +173,9 @@ def default_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def demo_layout_run(tmp_path_factory: pytest.TempPathFactory, demo_folder: Path) -> Iterator[ServerProcess]:
     home = tmp_path_factory.mktemp("demo-run")
     # Random weights judge at random, so the policy is set: this test is about loading and answering.
-    yield from _serve(["--model_path", str(demo_folder), "--awakening", "always", "--num_engines", "1"], home)
+    # Short answers: the default run above already speaks the default 512-token ones.
+    yield from _serve(["--model_path", str(demo_folder), "--awakening", "always", "--num_engines", "1",
+                       "--max_new_tokens", "96"], home)
 
 
 @pytest.mark.parametrize("run", ["default_run", "demo_layout_run"])
