@@ -1,10 +1,12 @@
-"""Full-duplex benchmark: N simulated users (1, 2, 4, 8) talking to the real engine on the tiny checkpoint.
+"""Full-duplex benchmark: N simulated users (1, 2, 4, 8) talking to the real engine on a generated checkpoint.
 
 Each user is a real Socket.IO client streaming fixtures in real time: a question (question_en), and
 while its answer plays, an interruption (part of question_zh). Measured on the client's clock:
 
 * **speech end → first audio**: from sending the last packet of real speech (the fixture's labelled
   end) to receiving the answer's first ``reply_audio``; this includes the VAD's end-of-turn silence;
+* **turn end → first audio**: from receiving the ``vad`` ``speech_end`` event (the end-of-turn decision)
+  to the same first ``reply_audio``: what the engine and speech head add, the silence tail excluded;
 * **barge-in → silence**: from sending the first packet of the interrupting speech to receiving
   ``pause`` (the page stops playback on it);
 * the server's own stage timings (``timings_ms``) for the same turns.
@@ -13,7 +15,13 @@ Every user count runs twice in the same process on the same engine: streaming (c
 LLM generates) and the reference way (whole answer first, then speech). The monitor's verdict is forced
 to ☞ so every utterance is answered. Writes ``docs/bench/bench_duplex.json`` and ``.png``.
 
-    .venv/bin/python -m bench.bench_duplex [--users 1,2,4,8] [--rounds 2]
+The checkpoint is ``7b-paced`` by default (:data:`engine.tiny_checkpoint.PACED_7B`): the tiny checkpoint's
+LLM writes a whole answer in ~0.1 s, so streaming could not show what it buys with the real 7B model.
+Random weights never pick EOS, so every answer is ``--max_new_tokens`` long (128: a few spoken sentences).
+The run first measures what the checkpoint costs here (one stream's decode rate, the speech head's AR
+steps/s and vocoder real-time factor) and records it beside the latencies.
+
+    .venv/bin/python -m bench.bench_duplex [--users 1,2,4,8] [--rounds 2] [--sizes 7b-paced|tiny]
 
 Flask and the server are imported inside ``main`` only: vLLM's spawned workers re-import this module.
 """
@@ -64,6 +72,11 @@ def _one_user(url: str, question: np.ndarray, q_end_s: float, barge: np.ndarray,
         if c.wait_for(lambda c: c.named("reply_audio"), timeout=60):
             first = _arrival(c, "reply_audio")
             out["first_audio_ms"] = (first - speech_end_at) * 1000
+            with c._cond:
+                turn_end = next((t for t, (e, a) in zip(c.arrival, c.events, strict=True)
+                                 if e == "vad" and a[0].get("type") == "speech_end"), None)
+            if turn_end is not None:  # the end-of-turn decision: the VAD's silence tail excluded
+                out["turn_end_to_first_audio_ms"] = (first - turn_end) * 1000
         if c.named("reply_end") and not c.named("reply_audio"):
             return
         t_barge = time.monotonic()
@@ -90,10 +103,43 @@ def _phase(url: str, users: int, rounds: int, question, q_end_s, barge) -> dict:
             th.join()
         results += batch
     first = [r["first_audio_ms"] for r in results if "first_audio_ms" in r]
+    after_turn = [r["turn_end_to_first_audio_ms"] for r in results if "turn_end_to_first_audio_ms" in r]
     barge_ms = [r["barge_in_ms"] for r in results if "barge_in_ms" in r]
     return {"users": users, "speech_end_to_first_audio_ms": _summary(first),
+            "turn_end_to_first_audio_ms": _summary(after_turn),
             "barge_in_to_pause_ms": _summary(barge_ms), "conversations": len(results),
             "interruptions_answered": sum(bool(r.get("answered_interruption")) for r in results)}
+
+
+def _checkpoint_costs(engine, repeats: int = 3) -> dict:
+    """One stream's LLM decode rate and time to first token, and the speech head's speed, on this machine."""
+    import statistics
+
+    from bench.bench_speech import MS_PER_CODE, ar_steps_per_second, vocoder_rtf
+    from engine.llm.engine import Finished
+    from engine.llm.prompt import UserTurn
+
+    async def decode() -> tuple[list[float], list[float]]:
+        rates, ttft = [], []
+        for i in range(repeats):
+            prompt = engine.builder.build(UserTurn(text=f"Question {i}: what can you tell me about the sea?"))
+            async for event in engine.pool.stream(prompt, f"cost-{i}", ignore_eos=True):
+                if isinstance(event, Finished):
+                    rates.append(event.decode_tokens_per_s)
+                    ttft.append(1000 * event.time_to_first_token)
+        return rates, ttft
+
+    rates, ttft = engine.loop.submit(decode()).result()
+    ar = ar_steps_per_second(engine.head.decoder, 100, repeats)
+    vocoder = vocoder_rtf(engine.head.codec, 80, repeats)
+    return {"llm_decode_tokens_per_s": round(statistics.median(rates), 1),
+            "llm_ms_per_token": round(1000 / statistics.median(rates), 1),
+            "llm_ttft_ms": round(statistics.median(ttft), 1),
+            "speech_ar_steps_per_s": round(ar["steps_per_s"], 1),
+            "speech_head_rtf": round(1000 / MS_PER_CODE / ar["steps_per_s"] + vocoder["streaming_rtf"], 3),
+            "note": "one stream at a time, no other load from this bench; the speech head's real-time factor is "
+                    "AR time per code over the code's audio plus the streaming vocoder's RTF (< 1: faster "
+                    "than real time)"}
 
 
 def _plot(result: dict, path: Path) -> None:
@@ -108,6 +154,8 @@ def _plot(result: dict, path: Path) -> None:
         n = [r["users"] for r in rows]
         for q in ("p50", "p90"):
             a.plot(n, [r["speech_end_to_first_audio_ms"][q] for r in rows], style, label=f"{mode} {q}")
+        a.plot(n, [r["turn_end_to_first_audio_ms"]["p50"] for r in rows], style, alpha=0.4,
+               label=f"{mode} p50 after the turn-end decision")
     a.set(xlabel="simultaneous users", ylabel="ms", title="speech end → first audio (client)")
     a.set_xticks(result["users"], [str(u) for u in result["users"]])
     a.legend(fontsize=8)
@@ -127,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", default="1,2,4,8", help="comma-separated user counts")
     ap.add_argument("--rounds", type=int, default=2, help="conversations per user and setting")
+    ap.add_argument("--sizes", default="7b-paced", help="checkpoint geometry: 7b-paced (realistic LLM speed) or tiny")
+    ap.add_argument("--max_new_tokens", type=int, default=128, help="answer length (random weights never stop early)")
     args = ap.parse_args(argv)
     counts = [int(x) for x in args.users.split(",")]
 
@@ -134,13 +184,13 @@ def main(argv: list[str] | None = None) -> dict:
     from engine.duplex.options import DuplexOptions
     from engine.llm.options import LlmOptions
     from engine.llm.prompt import SPOKEN
-    from engine.tiny_checkpoint import write_tiny_checkpoint
+    from engine.tiny_checkpoint import SIZES, write_tiny_checkpoint
     from server.options import ServerOptions
     from tests.fakes.harness import RunningServer, load_wav, manifest
 
-    ckpt = write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="bench-duplex-")), seed=0)
+    ckpt = write_tiny_checkpoint(Path(tempfile.mkdtemp(prefix="bench-duplex-")), seed=0, sizes=SIZES[args.sizes])
     llm = LlmOptions(model_path=ckpt, num_engines=2, dtype="float32", enforce_eager=True, max_model_len=2048,
-                     kv_cache_mb=256, max_new_tokens=64)
+                     kv_cache_mb=512, max_new_tokens=args.max_new_tokens)
     base = DuplexOptions(max_frames=0)
     started = time.perf_counter()
     engine = VitaEngine(llm, base, judge_states=(SPOKEN,))
@@ -151,8 +201,11 @@ def main(argv: list[str] | None = None) -> dict:
     q_end_s = m["question_en"]["speech"][0]["end"]
     zh = m["question_zh"]["speech"][0]
     barge = np.concatenate([load_wav("question_zh")[int(zh["start"] * MIC) : int((zh["start"] + 2.0) * MIC)], silence])
-    result: dict = {"users": counts, "engine_start_s": round(start_s, 1)}
+    result: dict = {"users": counts, "engine_start_s": round(start_s, 1), "sizes": args.sizes,
+                    "max_new_tokens": args.max_new_tokens}
     try:
+        result["checkpoint_costs"] = _checkpoint_costs(engine)
+        print("costs", json.dumps(result["checkpoint_costs"]), flush=True)
         with RunningServer(ServerOptions(no_tls=True, max_users=max(counts)), engine) as srv:
             for mode, streaming in (("streaming", True), ("whole_answer_first", False)):
                 engine.options = replace(base, streaming=streaming)  # new sessions pick it up
@@ -163,6 +216,12 @@ def main(argv: list[str] | None = None) -> dict:
                     result[mode].append(row)
     finally:
         engine.close()
+    result["ratio_whole_over_streaming_p50_after_turn_end"] = {
+        str(s["users"]): (round(w["turn_end_to_first_audio_ms"]["p50"] / s["turn_end_to_first_audio_ms"]["p50"], 2)
+                          if s["turn_end_to_first_audio_ms"]["p50"] and w["turn_end_to_first_audio_ms"]["p50"]
+                          else None)
+        for s, w in zip(result["streaming"], result["whole_answer_first"], strict=True)
+    }
     result["ratio_whole_over_streaming_p50"] = {
         str(s["users"]): (round(w["speech_end_to_first_audio_ms"]["p50"] / s["speech_end_to_first_audio_ms"]["p50"], 2)
                           if s["speech_end_to_first_audio_ms"]["p50"] and w["speech_end_to_first_audio_ms"]["p50"]
@@ -170,7 +229,8 @@ def main(argv: list[str] | None = None) -> dict:
         for s, w in zip(result["streaming"], result["whole_answer_first"], strict=True)
     }
     result["machine"] = {"cpu_count": __import__("os").cpu_count(), "python": platform.python_version(),
-                         "note": "tiny random checkpoint on CPU; both vLLM engines and the speech head share the cores"}
+                         "note": f"{args.sizes} random checkpoint on CPU; both vLLM engines and the speech head "
+                                 "share the cores"}
     write_report("bench_duplex", result, _plot)
     return result
 

@@ -55,12 +55,23 @@ def _duplex(d: Json) -> list[tuple[str, str, str]]:
     by_users = {row["users"]: row for row in d["streaming"]}
     p90 = {u: by_users[u]["speech_end_to_first_audio_ms"]["p90"] for u in by_users}
     lo, hi = min(p90), max(p90)
+    costs = d.get("checkpoint_costs")
+    ckpt = (f"`{d['sizes']}` checkpoint, one stream decodes {costs['llm_decode_tokens_per_s']:.0f} tokens/s here, "
+            f"answers of {d['max_new_tokens']} tokens" if costs else "tiny checkpoint")
     return [
-        ("First audio, whole answer first ÷ streaming (p50), users " + "/".join(str(u) for u in ratios),
-         "≥ 3×", " / ".join(f"{r:.2f}×" for r in ratios.values())),
+        (f"First audio, whole answer first ÷ streaming (p50; {ckpt}), users " + "/".join(str(u) for u in ratios),
+         "≥ 3×", " / ".join("–" if r is None else f"{r:.2f}×" for r in ratios.values())
+         + _after_turn(d.get("ratio_whole_over_streaming_p50_after_turn_end"))),
         (f"First audio p90 with {hi} users ÷ with {lo} (streaming)", "≤ 2×",
          f"{p90[hi] / p90[lo]:.2f}× ({_ms(p90[hi])} vs {_ms(p90[lo])})"),
     ]
+
+
+def _after_turn(ratios: Json | None) -> str:
+    if not ratios:
+        return ""
+    return " (from the end-of-turn decision, silence tail excluded: " + " / ".join(
+        "–" if r is None else f"{r:.2f}×" for r in ratios.values()) + ")"
 
 
 def _interaction(d: Json) -> list[tuple[str, str, str]]:
@@ -98,8 +109,9 @@ def table(bench_dir: Path = BENCH_DIR) -> str:
             continue
         for figure, goal, measured in rows(json.loads(path.read_text())):
             lines.append(f"| {figure} | {goal} | {measured} | `{name}` |")
-    lines += ["", "Two shared CPU cores, the tiny random-weights checkpoint (so take-over rates and verdicts say "
-              "nothing about VITA-1.5 itself: see each bench's JSON). Plots: `docs/bench/*.png`.", "", END]
+    lines += ["", "Two shared CPU cores, random-weights checkpoints: the tiny one unless a row names another (so "
+              "take-over rates and verdicts say nothing about VITA-1.5 itself: see each bench's JSON). Plots: "
+              "`docs/bench/*.png`.", "", END]
     return "\n".join(lines)
 
 

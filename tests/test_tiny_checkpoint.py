@@ -12,6 +12,7 @@ from safetensors import safe_open
 from engine.tiny_checkpoint import (
     AUDIO_ENCODER_DIR,
     DEMO_MODULES,
+    PACED_7B,
     QWEN_SPECIAL_TOKENS,
     STATE_TOKENS,
     TinySizes,
@@ -98,3 +99,21 @@ def test_cli_writes_a_checkpoint(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert (out / "model.safetensors.index.json").is_file()
+
+
+def test_paced_sizes_keep_the_formats_at_a_realistic_cost(tmp_path: Path) -> None:
+    # The benchmark geometry: same files and keys, wider, grouped-query attention, the speech head at width/4.
+    out = tmp_path / "paced"
+    done = subprocess.run([sys.executable, "-m", "engine.tiny_checkpoint", str(out), "--sizes", "7b-paced"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (PACED_7B.hidden, PACED_7B.layers)
+    assert PACED_7B.hidden > TinySizes().hidden
+    assert config["num_attention_heads"] > config["num_key_value_heads"] > 0
+    assert config["hidden_size"] // config["num_attention_heads"] == 64  # vLLM's CPU attention head size
+    idim, _, _ = json.loads((out / "vita_tts_ckpt" / "decoder" / "model.json").read_text())
+    assert idim == PACED_7B.hidden // 4
+    tiny = tmp_path / "tiny"
+    write_tiny_checkpoint(tiny, seed=0)
+    assert sorted(p.name for p in out.rglob("*")) == sorted(p.name for p in tiny.rglob("*"))

@@ -46,7 +46,7 @@ def _codec_json() -> dict[str, object]:
     }
 
 
-def _decoder_state(cfg: DecoderConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def _decoder_state(cfg: DecoderConfig, gen: torch.Generator, eos_bias: float) -> dict[str, torch.Tensor]:
     shapes = {k: v.shape for k, v in SpeechDecoder(cfg).state_dict().items()}
     # The released file also carries the prefix stack (unused at inference); same shapes as "layers.*".
     for key, shape in list(shapes.items()):
@@ -62,7 +62,7 @@ def _decoder_state(cfg: DecoderConfig, gen: torch.Generator) -> dict[str, torch.
             t[cfg.pad] = 0  # padding_idx row
         elif key.endswith("bias"):
             t = 0.05 * torch.randn(shape, generator=gen)
-            t[cfg.eos] += EOS_BIAS
+            t[cfg.eos] += eos_bias
         else:
             t = torch.randn(shape, generator=gen) / math.sqrt(shape[-1])
         state[key] = t.float().contiguous()
@@ -95,11 +95,12 @@ def _codec_state(cfg: CodecConfig, gen: torch.Generator) -> dict[str, dict[str, 
     return {"generator": generator, "quantizer": quantizer}
 
 
-def write_tts_checkpoint(folder: Path, seed: int = 0, llm_hidden_size: int = 64) -> None:
+def write_tts_checkpoint(folder: Path, seed: int = 0, llm_hidden_size: int = 64, eos_bias: float = EOS_BIAS) -> None:
     """Write ``folder/decoder/{model.json,final.pt}`` and ``folder/codec/{model.json,final.pt}``.
 
     Deterministic for a ``seed``; the decoder width is ``llm_hidden_size / 4`` so that it fits the
-    LLM embedding table the conditioning is read from.
+    LLM embedding table the conditioning is read from. ``eos_bias``: how soon random weights end a
+    clause; a wider decoder needs less (see ``TinySizes.tts_eos_bias``).
     """
     if llm_hidden_size % 16 or llm_hidden_size <= 0:
         raise ValueError("llm_hidden_size must be a positive multiple of 16 (4 slices × 2 heads × even RoPE)")
@@ -110,7 +111,7 @@ def write_tts_checkpoint(folder: Path, seed: int = 0, llm_hidden_size: int = 64)
 
     dec_json = folder / "decoder" / "model.json"
     dec_json.write_text(json.dumps(_decoder_json(llm_hidden_size // 4), indent=2))
-    dec_state = _decoder_state(DecoderConfig.from_json(dec_json), gen)
+    dec_state = _decoder_state(DecoderConfig.from_json(dec_json), gen, eos_bias)
     torch.save({"model": dec_state}, folder / "decoder" / "final.pt")
 
     codec_json = folder / "codec" / "model.json"
