@@ -46,7 +46,7 @@ def _codec_json() -> dict[str, object]:
     }
 
 
-def _decoder_state(cfg: DecoderConfig, gen: torch.Generator, eos_bias: float) -> dict[str, torch.Tensor]:
+def _decoder_state(cfg: DecoderConfig, gen: torch.Generator, eos_bias: float = EOS_BIAS) -> dict[str, torch.Tensor]:
     shapes = {k: v.shape for k, v in SpeechDecoder(cfg).state_dict().items()}
     # The released file also carries the prefix stack (unused at inference); same shapes as "layers.*".
     for key, shape in list(shapes.items()):
