@@ -31,15 +31,27 @@ def _rate(cell: Json | None) -> str:
 
 
 def _first_audio(d: Json) -> list[tuple[str, str, str]]:
-    s = d["stages_ms"]
-    stages = ", ".join(f"{name} {_ms(s[key]['p50'])}" for name, key in (
-        ("verdict", "engine_judge"), ("first text", "first_text"), ("first clause", "engine_first_clause"),
-        ("first code", "engine_first_code"), ("first audio sent", "first_audio")) if key in s)
+    modes = d["modes"]
+
+    def client(mode: str) -> str:
+        c = modes[mode]["stages_ms"]["client_turn_end_to_first_audio"]
+        return f"{_ms(c['p50'])} (p90 {_ms(c['p90'])}, {modes[mode]['turns']} turns)"
+
+    def stages(mode: str) -> str:
+        s = modes[mode]["stages_ms"]
+        return ", ".join(f"{name} {_ms(s[key]['p50'])}" for name, key in (
+            ("verdict", "engine_judge"), ("first clause", "engine_first_clause"), ("first code", "engine_first_code"),
+            ("first audio made", "engine_first_audio"), ("first audio sent", "first_audio")) if key in s)
+
+    ahead = modes["answer_ahead"]["stages_ms"]["answered_ahead"]["p50"]
     return [
-        ("End of turn → first reply audio at the client, p50 (tiny checkpoint, 1 user, silence tail excluded)",
-         "≤ 150 ms", f"{_ms(s['client_turn_end_to_first_audio']['p50'])} (p90 "
-         f"{_ms(s['client_turn_end_to_first_audio']['p90'])}, {d['turns']} turns)"),
-        ("… its stages on the server, p50 from the end-of-turn decision", "", stages),
+        ("End of turn → first reply audio at the client, p50 (tiny checkpoint, 1 user, silence tail excluded), "
+         f"answering ahead after {d['answer_ahead_ms']:.0f} ms of silence (default)", "≤ 150 ms", client("answer_ahead")),
+        ("… with answering ahead off (`--vad_answer_ahead_ms 0`: all work starts at the decision)", "",
+         client("at_decision")),
+        (f"… stages, p50 ms from the end-of-turn decision; answering ahead (work began {_ms(ahead)} before it)", "",
+         stages("answer_ahead")),
+        ("… stages with answering ahead off", "", stages("at_decision")),
     ]
 
 

@@ -64,6 +64,11 @@ class TurnRequest:
     end_sample: int = 0
     """Span of the speech on the session's mic clock (samples): from the VAD's start to the start of the
     silence that ended it; ``audio`` also holds the pre-roll before and the post-roll after."""
+    provisional: bool = False
+    """Answered ahead of the end-of-turn decision (only sent to a conversation whose
+    :attr:`Conversation.answers_ahead` is true): it may judge and prepare the answer, but must not let the
+    turn change the conversation (its history, its older replies) until :meth:`Conversation.confirm_turn`;
+    :meth:`Conversation.withdraw_turn` (or a cancel of its epoch) means it never happened."""
 
     def speech_ms(self) -> float:
         """How long the user spoke (the span; the audio's length when no span is set)."""
@@ -73,7 +78,8 @@ class TurnRequest:
     def __repr__(self) -> str:
         return (
             f"TurnRequest(reply_id={self.reply_id!r}, epoch={self.epoch}, audio={self.audio.size} smp, "
-            f"frames={len(self.frames)}, text={'yes' if self.text else 'no'})"
+            f"frames={len(self.frames)}, text={'yes' if self.text else 'no'}"
+            f"{', provisional' if self.provisional else ''})"
         )
 
 
@@ -174,6 +180,10 @@ class EngineStatus:
 class Conversation(abc.ABC):
     """One session's conversation with the engine; it owns that session's history."""
 
+    answers_ahead: bool = False
+    """Whether it takes provisional turns (:attr:`TurnRequest.provisional`, then :meth:`confirm_turn` or
+    :meth:`withdraw_turn`); the server sends none to a conversation without it."""
+
     @abc.abstractmethod
     def start_turn(self, request: TurnRequest) -> None:
         """Begin answering ``request``; events for it go to the sink. Returns at once."""
@@ -184,6 +194,12 @@ class Conversation(abc.ABC):
 
     def playback_report(self, reply_id: str, samples_played: int) -> None:  # noqa: B027 - optional hook
         """The client has played ``samples_played`` samples (24 kHz) of ``reply_id``."""
+
+    def confirm_turn(self, reply_id: str) -> None:  # noqa: B027 - optional hook (answers_ahead)
+        """The provisional turn ``reply_id`` is a real turn: it may now take the conversation over."""
+
+    def withdraw_turn(self, reply_id: str) -> None:  # noqa: B027 - optional hook (answers_ahead)
+        """The provisional turn ``reply_id`` never happened (the user went on): stop it, keep no trace."""
 
     @abc.abstractmethod
     def reset(self) -> None:

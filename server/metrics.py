@@ -88,6 +88,8 @@ class ServerMetrics:
         self.echo_suppressed = Counter("vita_echo_suppressed", "Speech the echo guard took for the assistant's own "
                                        "voice (no pause, no turn)", registry=r)
         self.turns = Counter("vita_turns", "Utterances and typed questions handed to the engine", registry=r)
+        self.withdrawn = Counter("vita_turns_withdrawn", "Utterances answered ahead of the end-of-turn decision "
+                                 "and dropped because the user went on (model work spent on pauses)", registry=r)
         self.engine_errors = Counter("vita_engine_errors", "Engine errors reported to sessions", registry=r)
         Gauge("vita_active_sessions", "Connected sessions", registry=r).set_function(active_sessions)
         Gauge("vita_engine_healthy", "1 while the engine reports ok", registry=r).set_function(engine_healthy)

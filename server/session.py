@@ -39,14 +39,16 @@ from server.turns import (
     Cancel,
     Clock,
     Close,
+    Confirm,
     ReportPlayback,
     ResetConversation,
     Send,
     StartTurn,
     TurnMachine,
     TurnSettings,
+    Withdraw,
 )
-from vad.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
+from vad.segmenter import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, UtteranceSegmenter
 from vad.silero import SileroModel
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,10 @@ class Session:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._closed = False
         self.listening = False
+        self.conversation = engine.open_conversation(self._sink)
+        ahead = self.conversation.answers_ahead and 0 < options.vad.answer_ahead_ms < options.vad.end_silence_ms
         self.machine = TurnMachine(
-            TurnSettings(self.id, options.playback_lead_ms / 1000, options.timeout, options.echo), clock, metrics)
+            TurnSettings(self.id, options.playback_lead_ms / 1000, options.timeout, options.echo, ahead), clock, metrics)
         self.segmenter = UtteranceSegmenter(options.vad, vad_model)
         self.frames: deque[CameraFrame] = deque(maxlen=lim.max_frames_kept)
         self._max_audio_bytes = 2 * round(lim.max_audio_packet_ms * MIC_SAMPLE_RATE / 1000)
@@ -106,7 +110,6 @@ class Session:
         self._control_bucket = TokenBucket(lim.max_control_per_s, 2 * lim.max_control_per_s)
         self._error_bucket = TokenBucket(lim.max_errors_per_s, lim.max_errors_per_s)
         self._errors_suppressed = 0
-        self.conversation = engine.open_conversation(self._sink)
         self._writer = threading.Thread(target=self._write_loop, name=f"session-writer-{self.id}", daemon=True)
         self._writer.start()
         self._enqueue(Send(P.EV_HELLO, (P.HelloMsg(
@@ -139,6 +142,11 @@ class Session:
         for event in self.segmenter.push(pcm):
             if isinstance(event, SpeechStarted):
                 self._run(functools.partial(self.machine.speech_started, event))
+            elif isinstance(event, SpeechPaused):
+                utterance = event.utterance
+                self._run(functools.partial(self.machine.speech_paused, utterance, self._frames_for(utterance)))
+            elif isinstance(event, SpeechResumed):
+                self._run(self.machine.speech_resumed)
             else:
                 frames = self._frames_for(event)
                 self._run(functools.partial(self.machine.speech_ended, event, frames))
@@ -217,6 +225,10 @@ class Session:
             self.conversation.start_turn(action.request)
         elif isinstance(action, Cancel):
             self.conversation.cancel(action.upto)
+        elif isinstance(action, Confirm):
+            self.conversation.confirm_turn(action.reply_id)
+        elif isinstance(action, Withdraw):
+            self.conversation.withdraw_turn(action.reply_id)
         elif isinstance(action, ResetConversation):
             self.conversation.reset()
         elif isinstance(action, ReportPlayback):

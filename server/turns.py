@@ -13,6 +13,9 @@ The rules (docs/protocol.md, "Barge-in, judgement and interruption"):
   addressed → the old reply is interrupted (epoch bump, ``interrupt``, engine cancel) and the new one
   starts; not addressed → ``judgement``, and a paused reply resumes where it stopped;
 * a typed question is always addressed; ``stop``/``reset`` silence the reply in flight;
+* answering ahead (``answer_ahead``): once the user has paused for a moment the turn goes to the engine as a
+  *provisional* one; whatever it sends back is held here, unseen, until the end-of-turn decision confirms
+  the turn (then it plays out as if it had just been judged) or the user speaks on (then it is withdrawn);
 * every reply event carries its epoch; anything older than the session's epoch is dropped, so once
   ``interrupt`` went out no chunk of an older reply follows it.
 
@@ -81,6 +84,20 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
+class Confirm:
+    """The provisional turn ``reply_id`` is the user's turn after all."""
+
+    reply_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """The provisional turn ``reply_id`` never happened: stop it in the engine."""
+
+    reply_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class ResetConversation:
     """Make the engine forget this conversation's history."""
 
@@ -101,7 +118,7 @@ class Close:
     message: str
 
 
-Action = Send | StartTurn | Cancel | ResetConversation | ReportPlayback | Close
+Action = Send | StartTurn | Cancel | Confirm | Withdraw | ResetConversation | ReportPlayback | Close
 
 
 # ---------------------------------------------------------------------- state
@@ -129,6 +146,16 @@ class Utterance:
     t_end: float
 
 
+@dataclass(slots=True)
+class Provisional:
+    """A turn answered ahead of the end-of-turn decision, and the engine events held back for it."""
+
+    reply: Reply
+    span: tuple[int, int]
+    """The utterance's (start, end) samples: the decision confirms the turn only if they still hold."""
+    held: list[ReplyEvent] = field(default_factory=list)
+
+
 @dataclass(frozen=True, slots=True)
 class TurnSettings:
     """What the machine needs of the server options."""
@@ -137,6 +164,8 @@ class TurnSettings:
     playback_lead_s: float = 0.3
     idle_timeout_s: float = 60.0
     echo: EchoOptions = field(default_factory=EchoOptions)
+    answer_ahead: bool = False
+    """Hand a paused utterance to the engine provisionally (the VAD and the engine both support it)."""
 
 
 class TurnMachine:
@@ -152,6 +181,7 @@ class TurnMachine:
         self.reply: Reply | None = None
         self.judging: Reply | None = None
         self.waiting: Utterance | None = None
+        self.provisional: Provisional | None = None
         self.pacer = OutputPacer(settings.playback_lead_s)
         self.echo = EchoGuard(settings.echo)
         self._echo_utterance = False
@@ -181,10 +211,33 @@ class TurnMachine:
         self._send(P.EV_VAD, P.VadMsg("speech_start", _ms(ev.start_sample), None, _ms(ev.at_sample)))
         return self._flush()
 
+    def speech_paused(self, ev: SpeechEnded, frames: tuple[CameraFrame, ...]) -> list[Action]:
+        """The user paused (``ev``: the utterance so far): answer it ahead of the decision, held back here.
+
+        Only when nothing else is being judged (one judgement at a time) and it is not our own echo."""
+        if not self.settings.answer_ahead or self._echo_utterance or self.judging or self.waiting or self.provisional:
+            return self._flush()
+        reply = self._new_reply("voice", self.clock())
+        self.provisional = Provisional(reply, (ev.start_sample, ev.end_sample))
+        self._out.append(StartTurn(TurnRequest(reply.reply_id, reply.epoch, ev.audio, frames, None,
+                                               ev.start_sample, ev.end_sample, provisional=True)))
+        return self._flush()
+
+    def speech_resumed(self) -> list[Action]:
+        """The user went on after a pause: the turn answered ahead never happened."""
+        self.touch()
+        self._withdraw()
+        return self._flush()
+
     def speech_ended(self, ev: SpeechEnded, frames: tuple[CameraFrame, ...]) -> list[Action]:
-        """The utterance ended: judge it (or queue it behind the current judgement); echo is dropped."""
+        """The utterance ended: judge it (or queue it behind the current judgement); echo is dropped. A turn
+        answered ahead for this very utterance is confirmed instead, and what it already produced plays."""
         self._send(P.EV_VAD, P.VadMsg("speech_end", _ms(ev.start_sample), _ms(ev.end_sample), _ms(ev.at_sample)))
         self._observe("vad_decision", _ms(ev.at_sample - ev.end_sample))
+        ahead = self.provisional
+        if ahead is not None and ahead.span == (ev.start_sample, ev.end_sample) and not self._echo_utterance:
+            return self._confirm(ahead)
+        self._withdraw()
         if self._echo_utterance:
             self._echo_utterance = False
             if self.metrics:
@@ -234,12 +287,21 @@ class TurnMachine:
 
     def engine_event(self, event: ReplyEvent) -> list[Action]:
         """An event from the engine (any reply, any epoch: stale ones are dropped here)."""
+        ahead = self.provisional
+        if ahead is not None and event.reply_id == ahead.reply.reply_id and event.epoch == ahead.reply.epoch \
+                and not (isinstance(event, EngineError) and event.fatal):  # a dead engine is news at once
+            ahead.held.append(event)  # unseen until the decision confirms the turn
+            return self._flush()
+        self._dispatch(event)
+        return self.tick()
+
+    def _dispatch(self, event: ReplyEvent) -> None:
         if isinstance(event, EngineError):
             self._on_engine_error(event)
-            return self._flush()
+            return
         reply = self._current(event)
         if reply is None:
-            return self._flush()
+            return
         if reply is self.judging:
             if isinstance(event, Judgement):
                 reply.timings |= {f"engine_{k}": float(v) for k, v in event.timings_ms.items()}
@@ -248,10 +310,10 @@ class TurnMachine:
                     self._accept(reply)
                 else:
                     self._reject(reply, event.why or "state_token", event.timings_ms)
-                return self._flush()
+                return
             if isinstance(event, ReplyEnd) and event.reason != "done":
                 self._reject(reply, event.reason, event.timings_ms)
-                return self._flush()
+                return
             self._accept(reply)  # an engine without judgements: its first event is the verdict
         if reply is self.reply and not isinstance(event, Judgement):
             if isinstance(event, AudioChunk):
@@ -261,7 +323,6 @@ class TurnMachine:
                 self._send(P.EV_REPLY_TEXT, P.ReplyTextMsg(event.reply_id, event.epoch, event.text))
             else:
                 self._finish(reply, event)
-        return self.tick()
 
     def tick(self) -> list[Action]:
         """Time passed: send the audio now due; close the session when idle too long."""
@@ -274,7 +335,7 @@ class TurnMachine:
                 self._send(P.EV_REPLY_END, P.ReplyEndMsg(item.reply_id, item.epoch, item.reason, reply.timings))
                 continue
             self._send_audio(reply, item)
-        if self.audible() or self.judging is not None:
+        if self.audible() or self.judging is not None or self.provisional is not None:
             self.touch()
         elif not self.closed and now - self._last_activity >= self.settings.idle_timeout_s:
             self.closed = True
@@ -310,6 +371,31 @@ class TurnMachine:
         log.info("session %s: %r", self.settings.session_id, request)
         self._out.append(StartTurn(request))
 
+    def _confirm(self, ahead: Provisional) -> list[Action]:
+        """The decision confirms the turn answered ahead: it is judged now, with what it already made."""
+        self.provisional = None
+        reply = self.judging = ahead.reply
+        now = self.clock()
+        reply.timings["answered_ahead"] = round((now - reply.t_turn_end) * 1000, 1)
+        reply.t_turn_end = now  # every stage is reported from the decision, as for any turn
+        if self.metrics:
+            self.metrics.turns.inc()
+        log.info("session %s: turn %s confirmed (answered %.0f ms ahead, %d events held)",
+                 self.settings.session_id, reply.reply_id, reply.timings["answered_ahead"], len(ahead.held))
+        self._out.append(Confirm(reply.reply_id))
+        for event in ahead.held:
+            self._dispatch(event)
+        return self.tick()
+
+    def _withdraw(self) -> None:
+        """Drop the turn answered ahead, if any (the user spoke on, or something else took over)."""
+        ahead, self.provisional = self.provisional, None
+        if ahead is not None:
+            log.debug("session %s: turn %s withdrawn", self.settings.session_id, ahead.reply.reply_id)
+            if self.metrics:
+                self.metrics.withdrawn.inc()
+            self._out.append(Withdraw(ahead.reply.reply_id))
+
     def _judge(self, utt: Utterance) -> None:
         """Hand an utterance to the engine; the old reply keeps its place until the verdict."""
         ev = utt.event
@@ -331,6 +417,7 @@ class TurnMachine:
         pending = self.judging
         if drop_pending:
             self.judging = self.waiting = None
+            self._withdraw()
         audible = self.audible()
         if not audible and (pending is None or not drop_pending):
             return

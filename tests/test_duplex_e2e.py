@@ -114,6 +114,26 @@ def test_spoken_question_gets_streamed_audio_back(server, connect, judge):
         assert f'vita_turn_stage_seconds_count{{stage="{stage}"}} 1.0' in metrics, stage
 
 
+def test_a_pause_inside_the_question_is_answered_ahead_withdrawn_and_leaves_no_trace(server, connect, judge):
+    """The 300 ms pause inside this question is longer than ``answer_ahead_ms``: a turn answered ahead
+    starts there and is withdrawn when the user goes on; the whole question is then answered once, played
+    as soon as the turn ends, and only it becomes the conversation's."""
+    judge(SPOKEN)
+    c = connect()
+    conv = conversation_of(server, c)
+    c.talk(np.concatenate([load_wav("short_pause_inside"), SILENCE]))
+    assert c.wait_for(lambda c: c.named("reply_start"), timeout=30)
+    rid = c.named("reply_start")[0][0]["reply_id"]
+    assert c.wait_for(lambda c: ended(c, rid), timeout=60)
+    assert len(c.named("reply_start")) == 1 and len(c.named("vad")) == 2  # one speech_start, one speech_end
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert "vita_turns_withdrawn_total 1.0" in metrics and "vita_turns_total 1.0" in metrics
+    end = c.named("reply_end")[0][0]
+    assert end["reason"] == "done" and end["timings_ms"]["answered_ahead"] > 200  # 500 - 150 ms of the tail
+    assert all(h["reply_id"] == rid for h in audio_of(c, rid)) and len(c.named("reply_audio")) == len(audio_of(c, rid))
+    assert conv._last.reply_id == rid and len(conv._history.exchanges) == 0  # the withdrawn turn left nothing
+
+
 def test_barge_in_cuts_the_answer_keeps_only_what_was_heard_and_answers(server, connect, judge):
     judge(SPOKEN)
     c = connect()

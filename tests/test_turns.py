@@ -14,12 +14,14 @@ from server.echo import EchoOptions
 from server.turns import (
     Cancel,
     Close,
+    Confirm,
     ReportPlayback,
     ResetConversation,
     Send,
     StartTurn,
     TurnMachine,
     TurnSettings,
+    Withdraw,
 )
 from vad.segmenter import SpeechEnded, SpeechStarted
 
@@ -47,9 +49,9 @@ def tone(seconds: float = CHUNK_S, amplitude: int = 8000) -> bytes:
 class Harness:
     """A machine plus what it said, on a fake clock."""
 
-    def __init__(self, lead_s: float = 0.3, idle_s: float = 60.0, echo: bool = False) -> None:
+    def __init__(self, lead_s: float = 0.3, idle_s: float = 60.0, echo: bool = False, ahead: bool = False) -> None:
         self.clock = FakeClock()
-        self.m = TurnMachine(TurnSettings("s1", lead_s, idle_s, EchoOptions(guard=echo)), self.clock)
+        self.m = TurnMachine(TurnSettings("s1", lead_s, idle_s, EchoOptions(guard=echo), ahead), self.clock)
         self.actions: list[object] = []
 
     def do(self, actions: list) -> list:
@@ -75,6 +77,10 @@ class Harness:
     def talk_end(self) -> None:
         audio = np.zeros(16000, np.float32)
         self.do(self.m.speech_ended(SpeechEnded(16000, 32000, 40000, audio, 11200, "silence"), ()))
+
+    def talk_pause(self, end_sample: int = 32000) -> None:
+        audio = np.zeros(16000, np.float32)
+        self.do(self.m.speech_paused(SpeechEnded(16000, end_sample, end_sample + 2400, audio, 11200, "silence"), ()))
 
     def speak(self) -> None:
         self.talk_start()
@@ -279,3 +285,104 @@ def test_a_turn_carries_the_span_of_the_speech_not_of_its_pre_and_post_roll() ->
     assert (req.start_sample, req.end_sample) == (16000, 20000)
     assert req.speech_ms() == 250.0 and req.audio.size / 16 > 600
     assert TurnRequest("r", 0, audio).speech_ms() == audio.size / 16  # no span: the audio's length
+
+
+# ---------------------------------------------------------------------- answering ahead of the decision
+
+
+def test_a_turn_answered_ahead_stays_unseen_until_the_decision_then_plays_at_once() -> None:
+    h = Harness(ahead=True)
+    h.do(h.m.text("talk", ()))
+    first = h.requests()[0]
+    h.stream_reply(first, seconds=3.0)
+    h.run(0.5)
+    h.talk_start()
+    h.clock.advance(1.0)
+    h.talk_pause()
+    ahead = h.requests()[1]
+    assert ahead.provisional and ahead.epoch > first.epoch
+    mark = len(h.names())
+    h.engine(Judgement(ahead.reply_id, ahead.epoch, True, "state_token", {"judge": 90.0}))
+    h.engine(TextDelta(ahead.reply_id, ahead.epoch, "Sure"))
+    for i in range(3):
+        h.engine(AudioChunk(ahead.reply_id, ahead.epoch, i, tone()))
+    h.run(0.3)
+    # Nothing of it reached the client, the old reply is only paused, the engine was told nothing more.
+    assert h.names()[mark:] == [] and h.cancels() == []
+    assert not any(isinstance(a, (Confirm, Withdraw)) for a in h.actions)
+    h.talk_end()
+    # The decision confirms it: the engine hears so, the old reply is cut, and the new one plays in this step.
+    assert [a for a in h.actions if isinstance(a, Confirm)] == [Confirm(ahead.reply_id)]
+    assert h.cancels() == [ahead.epoch - 1]
+    assert h.names()[mark:] == ["vad", "interrupt", "reply_start", "reply_text", "reply_audio", "reply_audio",
+                                "reply_audio"]
+    assert len(h.requests()) == 2  # no second request for the same utterance
+    h.engine(ReplyEnd(ahead.reply_id, ahead.epoch, "done", {"first_audio": 200.0}))
+    h.run(1.0)
+    end = h.sent("reply_end")[-1][0]
+    assert end["reply_id"] == ahead.reply_id and end["timings_ms"]["answered_ahead"] == pytest.approx(300, abs=1)
+    assert end["timings_ms"]["first_audio"] == 0.0  # from the decision, as for every turn
+
+
+def test_a_turn_answered_ahead_is_withdrawn_when_the_user_goes_on() -> None:
+    h = Harness(ahead=True)
+    h.talk_start()
+    h.talk_pause(end_sample=24000)
+    ahead = h.requests()[0]
+    h.engine(Judgement(ahead.reply_id, ahead.epoch, True, "state_token"))
+    h.do(h.m.speech_resumed())
+    assert [a for a in h.actions if isinstance(a, Withdraw)] == [Withdraw(ahead.reply_id)]
+    mark = len(h.names())
+    h.engine(AudioChunk(ahead.reply_id, ahead.epoch, 0, tone()))  # late output of the withdrawn turn: dropped
+    h.engine(ReplyEnd(ahead.reply_id, ahead.epoch, "cancelled"))
+    assert h.names()[mark:] == []
+    h.clock.advance(1.0)
+    h.talk_end()  # an end with no pause announced before it: judged as usual
+    turn = h.requests()[1]
+    assert not turn.provisional and turn.epoch > ahead.epoch
+    h.engine(Judgement(turn.reply_id, turn.epoch, True, "state_token"))
+    assert h.names()[-1] == "reply_start" and h.cancels() == []  # nothing was playing: nothing to cut
+
+
+def test_a_decision_on_another_span_withdraws_the_turn_answered_ahead() -> None:
+    h = Harness(ahead=True)
+    h.talk_start()
+    h.talk_pause(end_sample=30000)
+    ahead = h.requests()[0]
+    h.talk_end()  # ends at 32000: the pause announced another utterance (e.g. a max-length cut)
+    assert [a for a in h.actions if isinstance(a, Withdraw)] == [Withdraw(ahead.reply_id)]
+    assert not h.requests()[1].provisional
+
+
+def test_typed_text_or_stop_withdraws_the_turn_answered_ahead() -> None:
+    for act in ("text", "stop", "reset"):
+        h = Harness(ahead=True)
+        h.talk_start()
+        h.talk_pause()
+        ahead = h.requests()[0]
+        h.do(h.m.text("hi", ()) if act == "text" else getattr(h.m, act)())
+        assert Withdraw(ahead.reply_id) in h.actions, act
+        h.engine(Judgement(ahead.reply_id, ahead.epoch, True, "state_token"))
+        h.talk_end()
+        assert not any(isinstance(a, Confirm) for a in h.actions), act
+
+
+def test_no_turn_is_answered_ahead_while_one_is_judged_or_when_off() -> None:
+    h = Harness(ahead=False)
+    h.talk_start()
+    h.talk_pause()
+    assert h.requests() == []
+    h = Harness(ahead=True)
+    h.speak()  # judged now
+    h.talk_start()
+    h.talk_pause()
+    assert [r.provisional for r in h.requests()] == [False]
+
+
+def test_a_fatal_engine_error_of_a_turn_answered_ahead_is_not_held() -> None:
+    h = Harness(ahead=True)
+    h.talk_start()
+    h.talk_pause()
+    ahead = h.requests()[0]
+    h.engine(EngineError(ahead.reply_id, ahead.epoch, "every engine died", fatal=True))
+    assert any(isinstance(a, Close) for a in h.actions)

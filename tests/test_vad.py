@@ -10,7 +10,7 @@ import pytest
 
 from tests.fakes.harness import load_wav, manifest, true_turns
 from vad.options import SAMPLE_RATE, WINDOW, VadOptions
-from vad.segmenter import SpeechEnded, SpeechStarted, UtteranceSegmenter
+from vad.segmenter import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, UtteranceSegmenter
 from vad.silero import SileroModel, shared_model
 
 MANIFEST = manifest()
@@ -58,7 +58,7 @@ def test_short_pause_inside_stays_one_utterance() -> None:
 
 def test_quiet_speech_found_and_noise_ignored() -> None:
     _, quiet = run(load_wav("quiet_speech"))
-    assert [type(e) for e in quiet] == [SpeechStarted, SpeechEnded]
+    assert [type(e) for e in quiet] == [SpeechStarted, SpeechPaused, SpeechEnded]
     _, noise = run(load_wav("noise_only"))
     assert noise == []
 
@@ -82,9 +82,44 @@ def test_packet_size_does_not_change_the_result() -> None:
     results = []
     for packet in (160, 320, 640, 777, 100_000):
         _, events = run(pcm, packet=packet)
-        results.append([(type(e).__name__, e.start_sample, e.at_sample) for e in events])
+        results.append([(type(e).__name__, e.at_sample) for e in events])
     assert all(r == results[0] for r in results)
-    assert len(results[0]) == 4
+    assert [name for name, _ in results[0] if name in ("SpeechStarted", "SpeechEnded")] == [
+        "SpeechStarted", "SpeechEnded"] * 2
+
+
+@pytest.mark.parametrize("name", ["short_pause_inside", "two_turns", "question_en"])
+def test_a_pause_announces_the_turn_as_it_will_end_or_is_taken_back(name: str) -> None:
+    """Answering ahead rests on this: every SpeechPaused is followed by one SpeechResumed or by the
+    SpeechEnded of exactly the utterance it announced (same span, same audio), ``answer_ahead_ms`` into the
+    silence."""
+    opts = VadOptions()
+    _, events = run(load_wav(name), opts)
+    ahead, end_silence = opts.samples(opts.answer_ahead_ms), opts.samples(opts.end_silence_ms)
+    paused = [i for i, e in enumerate(events) if isinstance(e, SpeechPaused)]
+    assert paused, events
+    for i in paused:
+        after = events[i + 1]
+        pause = events[i].utterance
+        assert ahead <= pause.at_sample - pause.end_sample < ahead + WINDOW
+        if isinstance(after, SpeechEnded):
+            assert (after.start_sample, after.end_sample, after.audio_start_sample) == (
+                pause.start_sample, pause.end_sample, pause.audio_start_sample)
+            np.testing.assert_array_equal(after.audio, pause.audio)
+            assert after.at_sample - pause.at_sample >= end_silence - ahead - WINDOW
+        else:
+            assert isinstance(after, SpeechResumed), events
+    ends = [e for e in events if isinstance(e, SpeechEnded)]
+    assert len(ends) == len(expected_turns(name))
+    if name == "short_pause_inside":  # its inner pause is longer than answer_ahead_ms: announced, taken back
+        assert any(isinstance(e, SpeechResumed) for e in events)
+
+
+def test_answering_ahead_off_announces_no_pause() -> None:
+    _, events = run(load_wav("short_pause_inside"), VadOptions(answer_ahead_ms=0))
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    _, events = run(load_wav("short_pause_inside"), VadOptions(answer_ahead_ms=600))  # at or past the tail
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
 
 
 def test_max_utterance_length_cuts_long_speech() -> None:
@@ -115,7 +150,7 @@ def test_streams_sharing_one_model_keep_separate_state() -> None:
         ev_a += a.push(pa[off : off + 320])
         ev_b += b.push(pb[off : off + 320])
     alone, solo_events = run(pa[:n], tail_s=0)
-    assert [e.start_sample for e in ev_a] == [e.start_sample for e in solo_events]
+    assert [(type(e), e.at_sample) for e in ev_a] == [(type(e), e.at_sample) for e in solo_events]
     assert ev_b == []
     assert a.samples_seen == b.samples_seen == alone.samples_seen == n
 
@@ -125,7 +160,7 @@ def test_reset_restarts_the_clock_and_state() -> None:
     assert seg.samples_seen > 0
     seg.reset()
     assert seg.samples_seen == 0 and not seg.in_speech
-    assert len(run(load_wav("question_en"))[1]) == 2
+    assert [type(e) for e in run(load_wav("question_en"))[1]] == [SpeechStarted, SpeechPaused, SpeechEnded]
 
 
 def test_bad_input_raises_clear_errors() -> None:

@@ -38,6 +38,13 @@ class VadOptions:
         "(95th percentile over its last second); Silero's probability lags the real end by 1-3 windows "
         "(45-105 ms on the fixtures). 0 = take Silero's end as it is"
     )
+    answer_ahead_ms: float = _opt(
+        150, "after this much silence (counted like end_silence_ms) the turn is answered ahead of the end-of-turn "
+        "decision: the engine judges it and prepares the answer's first audio while the silence runs on; the "
+        "client gets nothing until the decision, and the work is dropped if the user goes on speaking. Costs "
+        "model work on pauses inside a sentence; 0 (or end_silence_ms and above) = off: work starts at the "
+        "decision"
+    )
     preroll_ms: float = _opt(300, "audio kept before the detected speech start, inside the utterance")
     postroll_ms: float = _opt(100, "audio kept after the detected speech end, inside the utterance")
     max_utterance_s: float = _opt(30, "an utterance is cut (and handed over) once it reaches this length")

@@ -47,12 +47,34 @@ class SpeechEnded:
 
     def __repr__(self) -> str:  # never print audio
         return (
-            f"SpeechEnded({self.start_sample}-{self.end_sample} @ {self.at_sample}, "
+            f"{type(self).__name__}({self.start_sample}-{self.end_sample} @ {self.at_sample}, "
             f"{self.audio.size} smp, {self.reason})"
         )
 
 
-VadEvent = SpeechStarted | SpeechEnded
+@dataclass(frozen=True, slots=True)
+class SpeechPaused:
+    """The user has been silent for ``answer_ahead_ms``: the turn *may* be over. Followed by exactly one
+    :class:`SpeechResumed` or :class:`SpeechEnded`."""
+
+    utterance: SpeechEnded
+    """The turn as it stands: the :class:`SpeechEnded` that follows if the silence lasts has the same span
+    and audio (the post-roll is already in); its ``at_sample`` here is the pause's."""
+
+    @property
+    def at_sample(self) -> int:
+        """Stream position when the pause was announced."""
+        return self.utterance.at_sample
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechResumed:
+    """The user spoke again after a :class:`SpeechPaused`: the utterance goes on."""
+
+    at_sample: int
+
+
+VadEvent = SpeechStarted | SpeechPaused | SpeechResumed | SpeechEnded
 
 
 class _State(enum.Enum):
@@ -72,6 +94,9 @@ class UtteranceSegmenter:
         self._end_silence = o.samples(o.end_silence_ms)
         self._preroll = o.samples(o.preroll_ms)
         self._postroll = min(o.samples(o.postroll_ms), self._end_silence)
+        ahead = o.samples(o.answer_ahead_ms)
+        # The paused turn's audio must be the final one: announce no earlier than the post-roll is in.
+        self._ahead = max(ahead, self._postroll) if 0 < ahead < self._end_silence else None
         self._max_len = o.samples(o.max_utterance_s * 1000)
         self.reset()
 
@@ -86,6 +111,7 @@ class UtteranceSegmenter:
         self._start = 0
         self._silence_start: int | None = None
         self._voice_end = 0  # where the voice stopped, refined from ``_silence_start`` (see _refined_end)
+        self._paused = False  # a SpeechPaused is out for the current silence
         self.last_probability = 0.0
 
     @property
@@ -134,6 +160,9 @@ class UtteranceSegmenter:
                 self._voice_end = self._refined_end(start_of_window)
         elif p >= o.threshold:
             self._silence_start = None  # the pause was inside the utterance
+            if self._paused:
+                self._paused = False
+                event = SpeechResumed(at_sample=self._pos)
 
         if self._state is _State.CANDIDATE and self._pos - self._start >= self._min_speech:
             self._state, self._silence_start = _State.SPEECH, None
@@ -143,6 +172,12 @@ class UtteranceSegmenter:
                 event = self._finish(self._voice_end, self._voice_end + self._postroll, "silence")
             elif self._pos - self._start + self._preroll >= self._max_len:
                 event = self._finish(self._pos, self._pos, "max_length")
+            elif self._ahead is not None and self._silence_start is not None and not self._paused \
+                    and self._pos - self._voice_end >= self._ahead:
+                self._paused = True
+                audio_start, audio = self._cut(self._voice_end + self._postroll)
+                event = SpeechPaused(
+                    SpeechEnded(self._start, self._voice_end, self._pos, audio, audio_start, "silence"))
 
         self._trim()
         return event
@@ -171,12 +206,16 @@ class UtteranceSegmenter:
             return silence_start - tail.size  # quiet all through the look-back: the voice ended before it
         return silence_start - tail.size + int(above[-1] + 1) * REFINE_FRAME
 
-    def _finish(self, end: int, audio_end: int, reason: Literal["silence", "max_length"]) -> SpeechEnded:
+    def _cut(self, audio_end: int) -> tuple[int, np.ndarray]:
+        """The utterance's first sample and its audio up to ``audio_end`` (pre-roll included)."""
         audio_start = max(self._start - self._preroll, self._windows_start)
         audio_end = min(audio_end, audio_start + self._max_len)  # the check is window-granular; the cap is not
         audio = np.concatenate(self._windows)
-        audio = audio[audio_start - self._windows_start : audio_end - self._windows_start]
-        self._state, self._silence_start = _State.IDLE, None
+        return audio_start, audio[audio_start - self._windows_start : audio_end - self._windows_start]
+
+    def _finish(self, end: int, audio_end: int, reason: Literal["silence", "max_length"]) -> SpeechEnded:
+        audio_start, audio = self._cut(audio_end)
+        self._state, self._silence_start, self._paused = _State.IDLE, None, False
         return SpeechEnded(
             start_sample=self._start,
             end_sample=end,

@@ -11,6 +11,10 @@ first tokens of the answer request itself, held to the state tokens' spellings (
 are stopped (request aborted, speech cancelled), the interrupted answer enters the history only as far as
 the client had heard it when the prompt was built, and the same request goes on as the answer (no second
 prefill), so the monitor's engine becomes the generator.
+
+A provisional turn (answered ahead of the end-of-turn decision, :attr:`TurnRequest.provisional`) runs the
+same way except for the take-over, which waits for :meth:`DuplexConversation.confirm_turn`: until then it
+changes neither the history nor the roles, and a withdrawn one leaves no trace.
 """
 
 from __future__ import annotations
@@ -74,6 +78,10 @@ class _Turn:
     played: int | None = None
     generated_all: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    confirmed: bool = False
+    """A provisional turn was confirmed (set on the loop, with ``decided``)."""
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on the loop once a provisional turn is confirmed, withdrawn or stopped."""
 
     @property
     def reply_id(self) -> str:
@@ -132,6 +140,8 @@ class _JudgedAnswer:
 class DuplexConversation(Conversation):
     """One session's conversation over the shared :class:`~engine.duplex.engine.VitaEngine`."""
 
+    answers_ahead = True
+
     def __init__(self, engine: VitaEngine, sink: EventSink) -> None:
         self._engine = engine
         self._sink = sink
@@ -164,6 +174,24 @@ class DuplexConversation(Conversation):
             turns.append(last)
         for turn in turns:
             self._stop(turn)
+
+    def confirm_turn(self, reply_id: str) -> None:
+        """The provisional turn ``reply_id`` is real: it takes the conversation over (on the loop)."""
+        self._engine.loop.call(self._decide, reply_id, True)
+
+    def withdraw_turn(self, reply_id: str) -> None:
+        """The provisional turn ``reply_id`` never happened: stop it; it never enters the history."""
+        with self._lock:
+            turn = self._turns.get(reply_id)
+        if turn is not None:
+            self._stop(turn)
+
+    def _decide(self, reply_id: str, confirmed: bool) -> None:
+        with self._lock:
+            turn = self._turns.get(reply_id)
+        if turn is not None and not turn.decided.is_set():
+            turn.confirmed = confirmed and not turn.stopped.is_set()
+            turn.decided.set()
 
     def playback_report(self, reply_id: str, samples_played: int) -> None:
         """Remember how much of ``reply_id`` the client played (for the history after an interruption).
@@ -204,6 +232,7 @@ class DuplexConversation(Conversation):
 
     def _stop(self, turn: _Turn) -> None:
         turn.stopped.set()
+        self._engine.loop.call(self._decide, turn.reply_id, False)  # an unconfirmed turn is withdrawn
         if turn.synth is not None:
             turn.synth.cancel()
         for rid, llm in list(turn.inflight.items()):
@@ -227,8 +256,22 @@ class DuplexConversation(Conversation):
             if not addressed:
                 self._emit(ReplyEnd(req.reply_id, req.epoch, "not_addressed", dict(turn.timings)))
                 return
-            self._take_over(turn)
-            await self._answer(turn, state, judged)
+            # Built before the take-over either way, with the last answer as heard so far (the take-over
+            # commits exactly that), so a provisional answer needs nothing the confirmation changes.
+            prompt = None if judged is not None else self._prompt(turn)
+            if not req.provisional:
+                self._take_over(turn)
+                await self._answer(turn, state, judged, prompt)
+                return
+            answer = asyncio.ensure_future(self._answer(turn, state, judged, prompt))
+            try:
+                await turn.decided.wait()
+            except asyncio.CancelledError:
+                answer.cancel()
+                raise
+            if turn.confirmed:
+                self._take_over(turn)
+            await answer
         except (LlmError, SpeechInputError, SpeechCheckpointError) as exc:
             # A dead engine is fatal to the session only when no engine is left to serve its next turn;
             # otherwise this reply fails and the conversation (and its history) goes on with another one.
@@ -320,15 +363,15 @@ class DuplexConversation(Conversation):
         if turn.judge_engine is not None:
             self._generator = turn.judge_engine
 
-    async def _answer(self, turn: _Turn, state: str, judged: _JudgedAnswer | None) -> None:
+    async def _answer(self, turn: _Turn, state: str, judged: _JudgedAnswer | None,
+                      prompt: BuiltPrompt | None) -> None:
         req, opts, eng = turn.request, self._options, self._engine
         events: AsyncIterator[StreamEvent]
         if judged is not None:  # the verdict's request goes on as the answer
             self._generator, events = judged.engine, aiter(judged)
         else:
             self._generator = index = eng.live_index(prefer=self._generator)
-            assert turn.user is not None
-            prompt = eng.builder.build(turn.user, self._history)  # taken over: the history is complete
+            assert prompt is not None
             # The state token starts the answer (typed: ☜, spoken: ☞), as the model was trained.
             prompt = dataclasses.replace(prompt, token_ids=[*prompt.token_ids, *eng.states.ids[state]])
             events = self._stream(turn, index, prompt, req.reply_id)
