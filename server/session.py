@@ -39,14 +39,13 @@ from server.turns import (
     Cancel,
     Clock,
     Close,
-    Confirm,
     ReportPlayback,
     ResetConversation,
     Send,
+    Settle,
     StartTurn,
     TurnMachine,
     TurnSettings,
-    Withdraw,
 )
 from vad.segmenter import SpeechEnded, SpeechPaused, SpeechResumed, SpeechStarted, UtteranceSegmenter
 from vad.silero import SileroModel
@@ -225,9 +224,9 @@ class Session:
             self.conversation.start_turn(action.request)
         elif isinstance(action, Cancel):
             self.conversation.cancel(action.upto)
-        elif isinstance(action, Confirm):
+        elif isinstance(action, Settle) and action.confirmed:
             self.conversation.confirm_turn(action.reply_id)
-        elif isinstance(action, Withdraw):
+        elif isinstance(action, Settle):
             self.conversation.withdraw_turn(action.reply_id)
         elif isinstance(action, ResetConversation):
             self.conversation.reset()

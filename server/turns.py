@@ -84,17 +84,12 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
-class Confirm:
-    """The provisional turn ``reply_id`` is the user's turn after all."""
+class Settle:
+    """The provisional turn ``reply_id`` is the user's turn after all (``confirmed``), or it never happened
+    (withdrawn: the engine stops it)."""
 
     reply_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Withdraw:
-    """The provisional turn ``reply_id`` never happened: stop it in the engine."""
-
-    reply_id: str
+    confirmed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +113,7 @@ class Close:
     message: str
 
 
-Action = Send | StartTurn | Cancel | Confirm | Withdraw | ResetConversation | ReportPlayback | Close
+Action = Send | StartTurn | Cancel | Settle | ResetConversation | ReportPlayback | Close
 
 
 # ---------------------------------------------------------------------- state
@@ -382,7 +377,7 @@ class TurnMachine:
             self.metrics.turns.inc()
         log.info("session %s: turn %s confirmed (answered %.0f ms ahead, %d events held)",
                  self.settings.session_id, reply.reply_id, reply.timings["answered_ahead"], len(ahead.held))
-        self._out.append(Confirm(reply.reply_id))
+        self._out.append(Settle(reply.reply_id, confirmed=True))
         for event in ahead.held:
             self._dispatch(event)
         return self.tick()
@@ -394,7 +389,7 @@ class TurnMachine:
             log.debug("session %s: turn %s withdrawn", self.settings.session_id, ahead.reply.reply_id)
             if self.metrics:
                 self.metrics.withdrawn.inc()
-            self._out.append(Withdraw(ahead.reply.reply_id))
+            self._out.append(Settle(ahead.reply.reply_id, confirmed=False))
 
     def _judge(self, utt: Utterance) -> None:
         """Hand an utterance to the engine; the old reply keeps its place until the verdict."""

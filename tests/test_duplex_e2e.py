@@ -120,17 +120,16 @@ def test_a_pause_inside_the_question_is_answered_ahead_withdrawn_and_leaves_no_t
     as soon as the turn ends, and only it becomes the conversation's."""
     judge(SPOKEN)
     c = connect()
-    conv = conversation_of(server, c)
     c.talk(np.concatenate([load_wav("short_pause_inside"), SILENCE]))
-    assert c.wait_for(lambda c: c.named("reply_start"), timeout=30)
-    rid = c.named("reply_start")[0][0]["reply_id"]
-    assert c.wait_for(lambda c: ended(c, rid), timeout=60)
+    assert c.wait_for(lambda c: c.named("reply_end"), timeout=60)
+    rid = c.named("reply_end")[0][0]["reply_id"]
     assert len(c.named("reply_start")) == 1 and len(c.named("vad")) == 2  # one speech_start, one speech_end
     metrics = requests.get(server.url + "/metrics", timeout=5).text
     assert "vita_turns_withdrawn_total 1.0" in metrics and "vita_turns_total 1.0" in metrics
     end = c.named("reply_end")[0][0]
     assert end["reason"] == "done" and end["timings_ms"]["answered_ahead"] > 200  # 500 - 150 ms of the tail
     assert all(h["reply_id"] == rid for h in audio_of(c, rid)) and len(c.named("reply_audio")) == len(audio_of(c, rid))
+    conv = conversation_of(server, c)
     assert conv._last.reply_id == rid and len(conv._history.exchanges) == 0  # the withdrawn turn left nothing
 
 

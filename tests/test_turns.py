@@ -14,14 +14,13 @@ from server.echo import EchoOptions
 from server.turns import (
     Cancel,
     Close,
-    Confirm,
     ReportPlayback,
     ResetConversation,
     Send,
+    Settle,
     StartTurn,
     TurnMachine,
     TurnSettings,
-    Withdraw,
 )
 from vad.segmenter import SpeechEnded, SpeechStarted
 
@@ -309,10 +308,10 @@ def test_a_turn_answered_ahead_stays_unseen_until_the_decision_then_plays_at_onc
     h.run(0.3)
     # Nothing of it reached the client, the old reply is only paused, the engine was told nothing more.
     assert h.names()[mark:] == [] and h.cancels() == []
-    assert not any(isinstance(a, (Confirm, Withdraw)) for a in h.actions)
+    assert not any(isinstance(a, Settle) for a in h.actions)
     h.talk_end()
     # The decision confirms it: the engine hears so, the old reply is cut, and the new one plays in this step.
-    assert [a for a in h.actions if isinstance(a, Confirm)] == [Confirm(ahead.reply_id)]
+    assert [a for a in h.actions if isinstance(a, Settle)] == [Settle(ahead.reply_id, confirmed=True)]
     assert h.cancels() == [ahead.epoch - 1]
     assert h.names()[mark:] == ["vad", "interrupt", "reply_start", "reply_text", "reply_audio", "reply_audio",
                                 "reply_audio"]
@@ -331,7 +330,7 @@ def test_a_turn_answered_ahead_is_withdrawn_when_the_user_goes_on() -> None:
     ahead = h.requests()[0]
     h.engine(Judgement(ahead.reply_id, ahead.epoch, True, "state_token"))
     h.do(h.m.speech_resumed())
-    assert [a for a in h.actions if isinstance(a, Withdraw)] == [Withdraw(ahead.reply_id)]
+    assert [a for a in h.actions if isinstance(a, Settle)] == [Settle(ahead.reply_id, confirmed=False)]
     mark = len(h.names())
     h.engine(AudioChunk(ahead.reply_id, ahead.epoch, 0, tone()))  # late output of the withdrawn turn: dropped
     h.engine(ReplyEnd(ahead.reply_id, ahead.epoch, "cancelled"))
@@ -350,7 +349,7 @@ def test_a_decision_on_another_span_withdraws_the_turn_answered_ahead() -> None:
     h.talk_pause(end_sample=30000)
     ahead = h.requests()[0]
     h.talk_end()  # ends at 32000: the pause announced another utterance (e.g. a max-length cut)
-    assert [a for a in h.actions if isinstance(a, Withdraw)] == [Withdraw(ahead.reply_id)]
+    assert [a for a in h.actions if isinstance(a, Settle)] == [Settle(ahead.reply_id, confirmed=False)]
     assert not h.requests()[1].provisional
 
 
@@ -361,10 +360,10 @@ def test_typed_text_or_stop_withdraws_the_turn_answered_ahead() -> None:
         h.talk_pause()
         ahead = h.requests()[0]
         h.do(h.m.text("hi", ()) if act == "text" else getattr(h.m, act)())
-        assert Withdraw(ahead.reply_id) in h.actions, act
+        assert Settle(ahead.reply_id, confirmed=False) in h.actions, act
         h.engine(Judgement(ahead.reply_id, ahead.epoch, True, "state_token"))
         h.talk_end()
-        assert not any(isinstance(a, Confirm) for a in h.actions), act
+        assert Settle(ahead.reply_id, confirmed=True) not in h.actions, act
 
 
 def test_no_turn_is_answered_ahead_while_one_is_judged_or_when_off() -> None:
