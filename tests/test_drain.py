@@ -1,19 +1,15 @@
 """Graceful shutdown and the probes: /healthz (liveness) and /readyz (readiness), the drain on SIGTERM.
 
-The first tests drive the product's drain (``server.drain.Drainer``) on a real server with the scripted fake
-engine; the last one sends SIGTERM to a real ``launch.py`` process serving the tiny checkpoint.
+These drive the product's drain (``server.drain.Drainer``) on a real server with the scripted fake engine.
+SIGTERM to a real ``launch.py`` process serving the tiny checkpoint is tested with the replicas
+(``tests/test_replicas.py``: the reply finishes, a newcomer is refused, it exits 0 and its engines with it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -23,7 +19,6 @@ from engine.interface import EngineStatus
 from server import protocol as P
 from server.drain import Drainer, DrainState
 from server.options import ServerOptions
-from tests.conftest import REPO_ROOT
 from tests.fakes.fake_engine import FakeEngine, Script
 from tests.fakes.harness import RecordingClient, RunningServer, wait_until
 
@@ -170,85 +165,3 @@ def test_drain_cuts_replies_at_the_deadline_and_closes_idle_sessions_at_once() -
         assert report.sessions == 2 and report.cut_short == 1 and 0.9 < report.seconds < 5
         assert not srv.state.sessions and all(cv.closed for cv in srv.engine.conversations)
     assert my_threads(srv) == []
-
-
-# ---------------------------------------------------------------------- a real launch.py process
-
-START_TIMEOUT_S = 420  # the tiny checkpoint is written, one engine and the speech head start (2 shared cores)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def group_gone(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-@pytest.mark.vllm
-@pytest.mark.slow
-def test_sigterm_drains_a_real_server_and_exits_zero(tmp_path: Path) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "launch.py", "--ip", "127.0.0.1", "--port", str(port), "--no-tls",
-         "--tiny_dir", str(tmp_path / "tiny"), "--num_engines", "1", "--awakening", "always", "--drain_s", "60",
-         "--max_new_tokens", "96"],  # a reply of a few seconds to drain (the default's 512 tokens take ~30 s)
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(ln.rstrip("\n") for ln in proc.stdout), daemon=True)
-    reader.start()
-    a = RecordingClient(url)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            assert proc.poll() is None, "\n".join(lines[-80:])
-            assert time.monotonic() < deadline, "not ready:\n" + "\n".join(lines[-80:])
-            try:
-                if requests.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        a.connect()
-        assert a.control(type="text", text="Tell me about the weather.")["ok"]
-        assert a.wait_for(lambda c: c.named("reply_audio"), timeout=60), a.events[-5:]
-        sent = time.monotonic()
-        os.kill(proc.pid, signal.SIGTERM)  # the server process only: its engine keeps serving the drain
-        assert a.wait_for(lambda c: c.named(P.EV_SERVER_DRAINING), timeout=10)
-        code = requests.get(url + "/readyz", timeout=5)
-        assert code.status_code == 503 and code.json()["draining"]
-        b = RecordingClient(url)
-        with pytest.raises(socketio.exceptions.ConnectionError):
-            b.connect()
-        assert b.refused and "shutting down" in b.refused
-        assert a.wait_for(lambda c: c.named("reply_end"), timeout=60), a.events[-5:]
-        assert a.named("reply_end")[0][0]["reason"] == "done" and not a.named("error")
-        assert wait_until(lambda: not a.sio.connected, timeout=10)
-        assert proc.wait(60) == 0, "\n".join(lines[-80:])
-        drain_s = time.monotonic() - sent
-        print(f"\nSIGTERM to exit: {drain_s:.1f} s (exit {proc.returncode})")
-        assert drain_s < 60
-        reader.join(10)
-        assert any("drained in" in ln for ln in lines), "\n".join(lines[-40:])
-        assert wait_until(lambda: group_gone(proc.pid), timeout=15)  # its engine processes left with it
-    finally:
-        a.close()
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        else:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # anything it left behind
-            except ProcessLookupError:
-                pass

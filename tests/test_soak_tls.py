@@ -1,9 +1,10 @@
-"""A bounded TLS soak (issue 9): 6 clients stream speech turns over ``wss://`` for 3 minutes; nothing drops.
+"""A bounded TLS soak (issue 9): 6 clients stream speech turns over ``wss://`` for 2 minutes; nothing drops.
 
 The long run (8 clients, 30 minutes) is ``bench/bench_soak.py``; this one has the same harness
 (:mod:`tests.fakes.soak`), the real server with its TLS context, and real Socket.IO clients in a child
 process. Before the fix, 2 of 6 such clients lost their connection within 330 s to
-``ssl.SSLError [SSL: BAD_LENGTH]`` in Engine.IO's writer thread.
+``ssl.SSLError [SSL: BAD_LENGTH]`` in Engine.IO's writer thread. Two minutes (not three) keeps the suite
+in its time budget; the 30-minute run is the bench's.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from tests.fakes.soak import SoakConfig, run_soak
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def test_six_wss_clients_for_three_minutes_drop_nothing() -> None:
-    result = run_soak(SoakConfig(clients=6, minutes=3.0, tls=True, sample_s=60.0), say=lambda _: None)
+def test_six_wss_clients_for_two_minutes_drop_nothing() -> None:
+    result = run_soak(SoakConfig(clients=6, minutes=2.0, tls=True, sample_s=60.0), say=lambda _: None)
     s = result["summary"]
     assert result["client_failure"] is None, result["client_failure"]
-    assert s["turns"] >= 6 * 5, s  # every client really talked (a turn takes ~8 s with its reply)
+    assert s["turns"] >= 6 * 4, s  # every client really talked (a turn takes ~8 s with its reply)
     assert s["dropped_connections"] == 0, result["drops"]
     assert s["bad_length"] == 0 and s["server_thread_exceptions"] == 0, result["server_thread_exceptions"]
     assert s["lost_turns"] == 0 and s["stalled_replies"] == 0 and s["seq_gaps"] == 0, (s, result["lost"])

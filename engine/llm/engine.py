@@ -474,13 +474,43 @@ class LlmPool:
             visible_devices_for_group(pinned, os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.engines: list[LlmEngine] = []
         try:
-            for i in range(options.num_engines):
-                device: str | None = options.devices[i] if options.devices else None
-                self.engines.append(LlmEngine(self.resolved, options, name=f"llm{i}", device=device))
+            self._start_engines()
         except BaseException:
             self.close()
             raise
         self._owner: dict[str, LlmEngine] = {}
+
+    def _start_engines(self) -> None:
+        """Start every engine; on CPU all at once (each start is mostly single-threaded process spawning and
+        imports, so two take little longer than one). On a GPU one after another: vLLM sizes an engine's KV
+        cache from the device memory it sees free, which another engine starting beside it would skew."""
+        import torch
+
+        options = self.options
+        names = [f"llm{i}" for i in range(options.num_engines)]
+        devices: list[str | None] = list(options.devices) if options.devices else [None] * len(names)
+        if len(names) == 1 or torch.cuda.is_available():
+            for name, device in zip(names, devices, strict=True):
+                self.engines.append(LlmEngine(self.resolved, options, name=name, device=device))
+            return
+        built: list[LlmEngine | BaseException | None] = [None] * len(names)
+
+        def build(i: int) -> None:
+            try:
+                built[i] = LlmEngine(self.resolved, options, name=names[i], device=devices[i])
+            except BaseException as exc:  # reported below, after every start has ended
+                built[i] = exc
+
+        threads = [threading.Thread(target=build, args=(i,), name=f"start-{name}", daemon=True)
+                   for i, name in enumerate(names)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.engines = [e for e in built if e is not None and not isinstance(e, BaseException)]
+        for outcome in built:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     def prompt_builder(self, state_ids: dict[str, tuple[int, ...]] | None = None) -> PromptBuilder:
         """A builder for this checkpoint (needs its tokenizer); ``state_ids`` spell the state tokens."""

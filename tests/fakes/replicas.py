@@ -594,6 +594,7 @@ def drain_one(cluster: Cluster) -> dict[str, Any]:
     assert body is not None and body["code"] == 503 and body["draining"], body
     newcomers = [cluster.connect()[1] for _ in range(len(live) - 1)]
     assert victim.name not in newcomers, newcomers
+    assert "shutting down" in (_refused_directly(victim.url) or ""), "a draining replica took a newcomer"
     assert talker.wait_for(lambda c: bool(c.named("reply_end")), cluster.drain_s + 30), talker.events[-5:]
     reply_end = talker.times("reply_end")[0]
     (end,) = talker.named("reply_end")[0]
@@ -602,6 +603,7 @@ def drain_one(cluster: Cluster) -> dict[str, Any]:
     exited = time.monotonic()
     assert code == 0, victim.log_tail()
     assert poll(lambda: any("drained in" in ln for ln in victim.lines), 10), victim.log_tail()
+    assert victim.proc is not None and poll(lambda: _group_gone(victim.proc.pid), 15), "its engines outlived it"
     assert talker.wait_for(lambda c: bool(c.disconnects), 10)
     others_untouched = all(not c.disconnects for c, _ in placed[:-1])
     assert others_untouched
@@ -610,6 +612,28 @@ def drain_one(cluster: Cluster) -> dict[str, Any]:
     return {"replica": victim.name, "exit_code": code, "newcomers_on": newcomers, "reply_end_reason": end["reason"],
             "sigterm_to_proxy_down_s": round(down - sent, 3), "sigterm_to_reply_end_s": round(reply_end - sent, 3),
             "sigterm_to_exit_s": round(exited - sent, 3)}
+
+
+def _refused_directly(url: str) -> str | None:
+    """Connect straight to a replica (past the proxy); what it said when it refused (``None``: it took us)."""
+    from tests.fakes.harness import RecordingClient
+
+    client = RecordingClient(url)
+    try:
+        client.connect()
+    except socketio.exceptions.ConnectionError:
+        return client.refused or "refused without a reason"
+    finally:
+        client.close()
+    return None
+
+
+def _group_gone(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def kill_one(cluster: Cluster) -> dict[str, Any]:
