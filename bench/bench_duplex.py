@@ -11,9 +11,11 @@ while its answer plays, an interruption (part of question_zh). Measured on the c
   ``pause`` (the page stops playback on it);
 * the server's own stage timings (``timings_ms``) for the same turns.
 
-Every user count runs twice in the same process on the same engine: streaming (clauses spoken while the
-LLM generates) and the reference way (whole answer first, then speech). The monitor's verdict is forced
-to ☞ so every utterance is answered. Writes ``docs/bench/bench_duplex.json`` and ``.png``.
+Every user count runs twice on the same engine: streaming (clauses spoken while the LLM generates) and the
+reference way (whole answer first, then speech). The users run in a child process, as remote clients
+would: in the server's process their Socket.IO work took the server's GIL (at 8 users, 1.2 of the 8.0 CPU
+seconds that process spent in one conversation). The monitor's verdict is forced to ☞ so every utterance
+is answered. Writes ``docs/bench/bench_duplex.json`` and ``.png``.
 
 The checkpoint is ``7b-paced`` by default (:data:`engine.tiny_checkpoint.PACED_7B`): the tiny checkpoint's
 LLM writes a whole answer in ~0.1 s, so streaming could not show what it buys with the real 7B model.
@@ -90,18 +92,30 @@ def _one_user(url: str, question: np.ndarray, q_end_s: float, barge: np.ndarray,
         c.close()
 
 
+def _users(url: str, users: int, question, q_end_s, barge, results) -> None:
+    """Child process: ``users`` simultaneous conversations; their latencies go back on ``results``."""
+    batch: list[dict] = [{} for _ in range(users)]
+    threads = [threading.Thread(target=_one_user, args=(url, question, q_end_s, barge, batch[i]))
+               for i in range(users)]
+    for i, th in enumerate(threads):
+        th.start()
+        time.sleep(0.05 * (i > 0))  # users do not all start speaking in the same millisecond
+    for th in threads:
+        th.join()
+    results.put(batch)
+
+
 def _phase(url: str, users: int, rounds: int, question, q_end_s, barge) -> dict:
+    import multiprocessing
+
+    mp = multiprocessing.get_context("spawn")  # never fork a process that runs server threads
     results: list[dict] = []
     for _ in range(rounds):
-        batch: list[dict] = [{} for _ in range(users)]
-        threads = [threading.Thread(target=_one_user, args=(url, question, q_end_s, barge, batch[i]))
-                   for i in range(users)]
-        for i, th in enumerate(threads):
-            th.start()
-            time.sleep(0.05 * (i > 0))  # users do not all start speaking in the same millisecond
-        for th in threads:
-            th.join()
-        results += batch
+        queue = mp.Queue()
+        child = mp.Process(target=_users, args=(url, users, question, q_end_s, barge, queue), daemon=True)
+        child.start()
+        results += queue.get(timeout=600)
+        child.join(60)
     first = [r["first_audio_ms"] for r in results if "first_audio_ms" in r]
     after_turn = [r["turn_end_to_first_audio_ms"] for r in results if "turn_end_to_first_audio_ms" in r]
     barge_ms = [r["barge_in_ms"] for r in results if "barge_in_ms" in r]
