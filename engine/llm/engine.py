@@ -493,6 +493,12 @@ class LlmPool:
             for name, device in zip(names, devices, strict=True):
                 self.engines.append(LlmEngine(self.resolved, options, name=name, device=device))
             return
+        # vLLM marks its plugins loaded before it runs them: a second engine starting beside the first would
+        # read our served config before the plugin has taught transformers its model type (an ERROR, a 2 s
+        # retry). Loading them here, before either start, finishes the registration first.
+        from vllm.plugins import load_general_plugins
+
+        load_general_plugins()
         built: list[LlmEngine | BaseException | None] = [None] * len(names)
 
         def build(i: int) -> None:
