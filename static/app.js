@@ -624,7 +624,7 @@ socket.on('judgement', (msg) => {
   renderState();
 });
 socket.on('reply_start', (msg) => {
-  stats.replies.push({...msg, at: now(), chunks: 0});
+  stats.replies.push({...msg, at: now(), chunks: 0, samples: 0});
   vita.epoch = Math.max(vita.epoch, msg.epoch);
   assistant.current = msg.reply_id;
   assistant.thinking = true; // until its first sample plays
@@ -638,7 +638,7 @@ socket.on('reply_text', (msg) => {
 socket.on('reply_audio', (header, pcm) => {
   if (header.epoch < vita.epoch || !player.node) return; // stale: an interrupt already flushed this reply
   const r = stats.replies.find((x) => x.reply_id === header.reply_id);
-  if (r) r.chunks++;
+  if (r) { r.chunks++; r.samples += header.samples; }
   player.node.port.postMessage({type: 'chunk', replyId: header.reply_id, pcm}, [pcm]);
 });
 socket.on('reply_end', (msg) => {
