@@ -163,6 +163,14 @@ class TurnSettings:
     """Hand a paused utterance to the engine provisionally (the VAD and the engine both support it)."""
 
 
+def _voice_request(reply: Reply, ev: SpeechEnded, frames: tuple[CameraFrame, ...],
+                   provisional: bool = False) -> TurnRequest:
+    """The engine's request for a spoken utterance. Its span is the speech the VAD heard, without the
+    pre-roll and post-roll the audio keeps: the engine's too-short check and frame spacing go by it."""
+    return TurnRequest(reply.reply_id, reply.epoch, ev.audio, frames, None, ev.start_sample, ev.end_sample,
+                       provisional=provisional)
+
+
 class TurnMachine:
     """One session's turns, replies and interruptions. Not thread-safe: the edge serialises calls."""
 
@@ -214,8 +222,7 @@ class TurnMachine:
             return self._flush()
         reply = self._new_reply("voice", self.clock())
         self.provisional = Provisional(reply, (ev.start_sample, ev.end_sample))
-        self._out.append(StartTurn(TurnRequest(reply.reply_id, reply.epoch, ev.audio, frames, None,
-                                               ev.start_sample, ev.end_sample, provisional=True)))
+        self._out.append(StartTurn(_voice_request(reply, ev, frames, provisional=True)))
         return self._flush()
 
     def speech_resumed(self) -> list[Action]:
@@ -393,12 +400,8 @@ class TurnMachine:
 
     def _judge(self, utt: Utterance) -> None:
         """Hand an utterance to the engine; the old reply keeps its place until the verdict."""
-        ev = utt.event
         reply = self.judging = self._new_reply("voice", utt.t_end)
-        # The span is the speech the VAD heard, without its pre-roll and post-roll (the audio keeps them):
-        # the engine's too-short check and frame spacing go by it.
-        self._start(TurnRequest(reply.reply_id, reply.epoch, ev.audio, utt.frames, None,
-                                ev.start_sample, ev.end_sample))
+        self._start(_voice_request(reply, utt.event, utt.frames))
 
     def _activate(self, reply: Reply) -> None:
         """Make ``reply`` the one being spoken (any older one is already interrupted)."""
