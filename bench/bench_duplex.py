@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import tempfile
 import threading
@@ -106,8 +107,6 @@ def _users(url: str, users: int, question, q_end_s, barge, results) -> None:
 
 
 def _phase(url: str, users: int, rounds: int, question, q_end_s, barge) -> dict:
-    import multiprocessing
-
     mp = multiprocessing.get_context("spawn")  # never fork a process that runs server threads
     results: list[dict] = []
     for _ in range(rounds):

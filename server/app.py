@@ -166,8 +166,7 @@ def _sid() -> str:
 def _guarded(state: ServerState, handler: Callable[[Session, Any], Any], acked: bool = False) -> Callable[..., Any]:
     """Run ``handler`` for the calling session; map bad input to an ``error`` event, never raise.
 
-    A python-socketio handler (``sid``, then the event's arguments), registered below Flask-SocketIO: these
-    events need no Flask request context.
+    A python-socketio handler: ``sid``, then the event's arguments (see where it is registered).
     ``acked``: the event may carry an acknowledgement, which the library writes as soon as this returns;
     the session's queued messages are written first, so the client reads them in the order they arose."""
 

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 import requests
 import socketio
 
+from tests.fakes.harness import RecordingClient
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_CFG = REPO_ROOT / "deploy" / "haproxy.cfg"
 BACKEND = "vita"
@@ -616,8 +618,6 @@ def drain_one(cluster: Cluster) -> dict[str, Any]:
 
 def _refused_directly(url: str) -> str | None:
     """Connect straight to a replica (past the proxy); what it said when it refused (``None``: it took us)."""
-    from tests.fakes.harness import RecordingClient
-
     client = RecordingClient(url)
     try:
         client.connect()
